@@ -1,0 +1,3 @@
+from camstream.cli import main
+
+main()

@@ -1,0 +1,304 @@
+"""`camstream`: the one command-line program. `camstream COMMAND --help` is the reference.
+
+The CLI is the only place that wires the rooms together (producers, streams, training,
+the local stack); each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from camstream.settings import REPO_ROOT, Settings, load_settings
+
+app = typer.Typer(
+    name="camstream",
+    help="Real-time image classification for camera feeds: Kafka, Faust, Triton, Feast.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+drift_app = typer.Typer(help="Drift reference profiles.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+
+
+def _settings() -> Settings:
+    from camstream.observability import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so loops can end and flush."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def setup() -> None:
+    """Fetch Kafka's jars and the sample videos/photos, export the model, build its
+    drift reference profile. Idempotent: cached steps return at once."""
+    from camstream.stack.setup import prepare
+
+    prepared = prepare(_settings())
+    _out(f"set-up complete in {prepared.seconds:.1f}s")
+
+
+@app.command()
+def up(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    producers: Annotated[bool, typer.Option(help="Start the sample cameras' producers.")] = True,
+    quiet: Annotated[bool, typer.Option(help="Do not print predictions as they flow.")] = False,
+) -> None:
+    """Start the local stack (Kafka, Triton, Feast, a worker, sample producers) and show
+    predictions as they flow. Ctrl-C or SIGTERM stops every process it started."""
+    from camstream.stack.local import LocalStack
+    from camstream.stack.setup import prepare, sample_cameras
+
+    settings = _settings()
+    stop = _stop_event()
+    prepared = prepare(settings)
+    cameras = sample_cameras(prepared.assets) if producers else []
+    stack = LocalStack(settings, cameras)
+    try:
+        info = stack.start()
+        _out(f"camstream stack up in {info.startup_s}s (state: {info.state_dir}/stack.json)")
+        _out(f"  kafka bootstrap : {info.kafka_bootstrap}")
+        _out(f"  triton grpc     : {info.triton_grpc}  (http {info.triton_http})")
+        _out(f"  triton metrics  : http://127.0.0.1:{info.triton_metrics_port}/metrics")
+        _out(f"  feast repo      : {info.feast_repo}")
+        for name, port in info.metrics_ports.items():
+            _out(f"  {name + ' metrics':<16}: http://127.0.0.1:{port}/metrics")
+        for name, path in info.logs.items():
+            _out(f"  {name + ' log':<16}: {path}")
+        deadline = None if duration is None else time.monotonic() + duration
+        _follow(
+            settings.model_copy(update={"kafka_bootstrap": info.kafka_bootstrap}),
+            settings.predictions_topic,
+            stop,
+            deadline,
+            quiet=quiet,
+        )
+    finally:
+        _out("stopping the stack ...")
+        stack.stop()
+        _out("stopped")
+
+
+@app.command()
+def status() -> None:
+    """Print the running local stack's endpoints (from its state file) as JSON."""
+    from dataclasses import asdict
+
+    from camstream.stack.local import read_state, stack_running
+
+    settings = load_settings()
+    info = read_state(settings.state_dir)
+    if info is None or not stack_running(info):
+        _out(json.dumps({"running": False, "state_dir": str(settings.state_dir)}))
+        raise typer.Exit(1)
+    _out(json.dumps({"running": True, **asdict(info), "env": info.env()}, indent=2))
+
+
+@app.command()
+def worker() -> None:
+    """Run a stream worker (Faust): frames -> Triton -> predictions, drift, DLQ."""
+    import cv2
+
+    from camstream.observability import serve_metrics
+    from streams.app import run_worker
+
+    settings = _settings()
+    cv2.setNumThreads(1)
+    serve_metrics(settings.metrics_port)
+    run_worker(settings)
+
+
+@app.command()
+def produce(
+    cameras: Annotated[
+        Path | None, typer.Option(help="Cameras file (YAML or TOML, a list under 'cameras:').")
+    ] = None,
+    camera_id: Annotated[str | None, typer.Option(help="One camera's id (with --source).")] = None,
+    source: Annotated[str | None, typer.Option(help="One camera's source.")] = None,
+    fps: Annotated[float, typer.Option(help="Target fps for --source.")] = 10.0,
+    loop: Annotated[bool, typer.Option(help="Replay a file source when it ends.")] = False,
+    max_frames: Annotated[
+        int | None, typer.Option(help="Stop each camera after this many frames.")
+    ] = None,
+) -> None:
+    """Publish camera frames to the frames topic until the sources end or SIGTERM."""
+    from camstream.cameras import CameraConfigError, CameraSpec, load_cameras
+    from camstream.observability import serve_metrics
+    from producers.producer import run_producers
+
+    settings = _settings()
+    try:
+        if cameras is not None:
+            specs = load_cameras(cameras)
+        elif camera_id and source:
+            specs = [CameraSpec(id=camera_id, source=source, fps=fps, loop=loop)]
+        else:
+            raise CameraConfigError("give --cameras FILE, or --camera-id with --source")
+    except CameraConfigError as exc:
+        raise SystemExit(f"camstream produce: {exc}") from exc
+    stop = _stop_event()
+    serve_metrics(settings.metrics_port)
+    stats = run_producers(settings, specs, stop, max_frames=max_frames)
+    _out(
+        json.dumps(
+            {
+                "delivered": {k: len(v) for k, v in stats.delivered.items()},
+                "failed": stats.failed,
+                "dropped": stats.dropped,
+            }
+        )
+    )
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="predictions, drift, frames.dlq, or a full name.")],
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many records.")] = None,
+) -> None:
+    """Print a topic's records as they flow, one line each."""
+    settings = _settings()
+    name = topic if topic.startswith(settings.topic_prefix) else settings.topic_prefix + topic
+    _follow(settings, name, _stop_event(), None, from_beginning=from_beginning, count=count)
+
+
+def _follow(
+    settings: Settings,
+    topic: str,
+    stop: threading.Event,
+    deadline: float | None,
+    *,
+    from_beginning: bool = False,
+    count: int | None = None,
+    quiet: bool = False,
+) -> None:
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        settings.kafka_client_config(
+            **{
+                "group.id": f"camstream-tail-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen += 1
+            if not quiet:
+                _out(_describe(msg.topic() or topic, msg.key(), msg.value(), msg.headers()))
+            if count is not None and seen >= count:
+                break
+    finally:
+        consumer.close()
+
+
+def _describe(topic: str, key: bytes | None, value: bytes | None, headers: Any) -> str:
+    camera = (key or b"").decode(errors="replace")
+    try:
+        record = json.loads(value or b"")
+    except ValueError:
+        meta = {k: bytes(v or b"").decode(errors="replace") for k, v in headers or []}
+        return f"{topic} {camera} {len(value or b'')} bytes {json.dumps(meta)}"
+    if topic.endswith("predictions"):
+        lat = record["latency"]
+        return (
+            f"{camera:<12} seq={record['seq']} {record['label']:<24} "
+            f"score={record['score']:.2f} enrich={record['enrichment']} "
+            f"e2e={lat['end_to_end_ms']:.0f}ms infer={lat['infer_ms']:.0f}ms"
+        )
+    if topic.endswith("drift"):
+        return (
+            f"{camera:<12} DRIFT={record['drift']} frames={record['frame_count']} "
+            f"reasons={record['reasons']}"
+        )
+    return json.dumps(record)
+
+
+@app.command()
+def schemas(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON Schemas.")] = REPO_ROOT / "schemas",
+) -> None:
+    """Write the JSON Schema of every published record (the consumers' contract)."""
+    from camstream.records import write_schemas
+
+    for path in write_schemas(out):
+        _out(str(path))
+
+
+@app.command()
+def export() -> None:
+    """Export the pretrained classifier to the Triton model repository (model env)."""
+    from camstream.stack.assets import ensure_assets
+    from camstream.stack.setup import ensure_model
+    from camstream.stack.triton import locate_model_env
+
+    settings = _settings()
+    ensure_model(settings, locate_model_env(), ensure_assets(settings.cache_dir))
+    _out(str(settings.model_repo / settings.model_name))
+
+
+@drift_app.command("baseline")
+def drift_baseline(
+    sources: Annotated[list[Path], typer.Argument(help="Calibration videos or image folders.")],
+    frames: Annotated[int, typer.Option(help="Frames sampled per video.")] = 200,
+) -> None:
+    """Build the reference profile of the current model version from real frames."""
+    from camstream.stack.setup import run_in_model_env
+    from camstream.stack.triton import locate_model_env
+
+    settings = _settings()
+    run_in_model_env(
+        locate_model_env(),
+        [
+            "training.baseline",
+            "--model",
+            str(settings.model_repo / settings.model_name),
+            "--out",
+            str(settings.reference_profile_path),
+            "--frames",
+            str(frames),
+            *map(str, sources),
+        ],
+        "build the drift reference profile",
+    )
+    _out(str(settings.reference_profile_path))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,133 @@
+"""Image handling shared by producers, the worker, training and benchmarks.
+
+The model's own normalisation ((x - 127) / 128, NCHW) is baked into the exported ONNX
+graph, so every caller sends the same thing: RGB uint8, 224x224x3, made here. One
+implementation means no training-serving skew.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+MODEL_SIZE = 224
+RESIZE_SHORT = 256
+
+Image = npt.NDArray[np.uint8]
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``kind`` is a short machine-readable reason."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def jpeg_dimensions(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's SOF marker, without decoding any pixels.
+
+    Raises ImageError when the bytes are not a well-formed JPEG header.
+    """
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        raise ImageError("not_jpeg", "value does not start with a JPEG SOI marker")
+    pos = 2
+    end = len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise ImageError("corrupt_jpeg", f"expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > end:
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            if width == 0 or height == 0:
+                raise ImageError("corrupt_jpeg", "JPEG declares a zero dimension")
+            return int(width), int(height)
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        pos += 2 + length
+    raise ImageError("corrupt_jpeg", "no JPEG frame header (SOF) found")
+
+
+def reduction_for(width: int, height: int, target_short: int = RESIZE_SHORT) -> int:
+    """The largest libjpeg DCT scale-down (1, 2, 4, 8) that keeps the short side >= target."""
+    short = min(width, height)
+    for factor in (8, 4, 2):
+        if short // factor >= target_short:
+            return factor
+    return 1
+
+
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def decode_jpeg(data: bytes, reduce: int = 1) -> Image:
+    """Decode JPEG bytes to BGR, scaled down by ``reduce`` inside the decoder."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, _REDUCED_FLAGS[reduce])
+    if image is None:
+        raise ImageError("undecodable", "OpenCV could not decode the JPEG")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def to_model_input(bgr: Image) -> Image:
+    """BGR image of any size -> RGB uint8 224x224x3: short side to 256, centre crop 224."""
+    height, width = bgr.shape[:2]
+    scale = RESIZE_SHORT / min(height, width)
+    new_w = max(MODEL_SIZE, round(width * scale))
+    new_h = max(MODEL_SIZE, round(height * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(bgr, (new_w, new_h), interpolation=interp)
+    top = (new_h - MODEL_SIZE) // 2
+    left = (new_w - MODEL_SIZE) // 2
+    crop = resized[top : top + MODEL_SIZE, left : left + MODEL_SIZE]
+    return np.ascontiguousarray(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+
+
+def jpeg_to_model_input(data: bytes, width: int, height: int) -> Image:
+    """Decode at the smallest size the model allows, then crop: the worker's hot path."""
+    return to_model_input(decode_jpeg(data, reduction_for(width, height)))
+
+
+def encode_jpeg(bgr: Image, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ImageError("encode_failed", "OpenCV could not encode the frame as JPEG")
+    return bytes(buf)
+
+
+def image_statistics(rgb: Image) -> dict[str, float]:
+    """Cheap per-frame statistics for drift: brightness, contrast, sharpness, colourfulness."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    brightness = float(gray.mean())
+    contrast = float(gray.std())
+    sharpness = float(cv2.Laplacian(gray, cv2.CV_32F).var())
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    colourfulness = float(
+        np.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    )
+    return {
+        "brightness": brightness,
+        "contrast": contrast,
+        "sharpness": sharpness,
+        "colourfulness": colourfulness,
+    }

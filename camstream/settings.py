@@ -1,0 +1,172 @@
+"""camstream's one settings object.
+
+Every process reads its configuration here, from environment variables prefixed
+``CAMSTREAM_`` and, when ``CAMSTREAM_CONFIG_FILE`` names one, a YAML or TOML file
+(environment wins). Nothing else in camstream reads ``os.environ``.
+
+Kafka client properties (security included: ``security.protocol``, ``sasl.*``,
+``ssl.*``) pass through verbatim from ``CAMSTREAM_KAFKA_CONFIG``, a JSON object, or the
+``kafka_config`` table of the settings file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+CONFIG_FILE_VAR = "CAMSTREAM_CONFIG_FILE"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by producers, workers, the CLI and the local stack."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAMSTREAM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    config_file: Path | None = Field(
+        default=None, description="Optional YAML/TOML settings file (CAMSTREAM_CONFIG_FILE)."
+    )
+
+    # Kafka
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Bootstrap servers.")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra Kafka client properties (SASL, SSL, ...) passed through verbatim.",
+    )
+    topic_prefix: str = "camstream."
+    topic_partitions: int = Field(default=4, ge=1)
+    max_message_bytes: int = Field(default=1_000_000, ge=10_000)
+
+    # Triton
+    triton_grpc: str = "127.0.0.1:8001"
+    model_name: str = "efficientnet_lite0"
+    model_version: str = Field(default="", description="Empty means the latest version.")
+    model_repo: Path = Field(default=REPO_ROOT / "triton_repo")
+    infer_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Feast
+    feast_repo: Path = Field(default=REPO_ROOT / ".camstream" / "feast")
+    feature_cache_ttl_s: float = Field(default=2.0, ge=0)
+    default_threshold: float = Field(default=0.0, ge=0, le=1)
+
+    # Worker
+    worker_name: str = "camstream-worker"
+    batch_max: int = Field(default=16, ge=1)
+    batch_within_s: float = Field(default=0.02, gt=0)
+    max_frame_bytes: int = Field(default=8_000_000, ge=1)
+    max_frame_pixels: int = Field(default=40_000_000, ge=1)
+    top_k: int = Field(default=5, ge=1, le=1000)
+    drift_window_frames: int = Field(default=50, ge=5)
+    drift_psi_threshold: float = Field(default=0.25, gt=0)
+    drift_js_threshold: float = Field(default=0.35, gt=0, le=1)
+    drift_ks_pvalue: float = Field(default=0.001, gt=0, lt=1)
+    drift_confidence_shift: float = Field(default=0.15, gt=0, le=1)
+    drift_reference: Path | None = Field(
+        default=None,
+        description="Reference profile; default <model_repo>/<model_name>/reference_profile.json",
+    )
+    worker_data_dir: Path = Field(default=REPO_ROOT / ".camstream" / "worker")
+
+    # Every long-running process serves Prometheus metrics; 0 picks a free port.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    # Local stack
+    state_dir: Path = Field(default=REPO_ROOT / ".camstream")
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "camstream")
+    log_level: str = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError(
+                "CAMSTREAM_TOPIC_PREFIX may only hold letters, digits, '.', '_' and '-'"
+            )
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_FILE_VAR)
+        if path:
+            file = Path(path)
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"{CONFIG_FILE_VAR}={path} does not exist: point it at a YAML or TOML "
+                    "settings file, or unset it"
+                )
+            if file.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=file))
+        return tuple(sources)
+
+    # Topics -------------------------------------------------------------------------
+
+    @property
+    def frames_topic(self) -> str:
+        return f"{self.topic_prefix}frames"
+
+    @property
+    def predictions_topic(self) -> str:
+        return f"{self.topic_prefix}predictions"
+
+    @property
+    def drift_topic(self) -> str:
+        return f"{self.topic_prefix}drift"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}frames.dlq"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.model_repo / self.model_name / "labels.txt"
+
+    @property
+    def reference_profile_path(self) -> Path:
+        return self.drift_reference or self.model_repo / self.model_name / "reference_profile.json"
+
+    def kafka_client_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap servers, pass-through properties, extras."""
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_config, **extra}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning validation errors into one readable message."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"camstream: {exc}") from exc
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            var = f"CAMSTREAM_{field.upper()}"
+            lines.append(f"  {var}: {err['msg']}")
+        raise SystemExit("camstream: invalid settings; fix these:\n" + "\n".join(lines)) from exc

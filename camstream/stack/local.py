@@ -1,0 +1,221 @@
+"""The local stack: every real service as a local process, for machines without Docker.
+
+Kafka (KRaft), Triton (CPU), the Feast repo (SQLite online store), a Faust worker and,
+optionally, producers for the sample cameras. Endpoints go to ``<state_dir>/stack.json``
+so that ``camstream status`` and other programs can join; everything started is
+stopped, in reverse order, by ``stop()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import structlog
+
+from camstream.cameras import CameraSpec, dump_cameras
+from camstream.featurestore import apply_repo, materialize_all, prepare_repo, upsert_cameras
+from camstream.settings import Settings
+from camstream.stack.kafka import KafkaBroker
+from camstream.stack.process import ManagedProcess, free_port, port_open
+from camstream.stack.triton import TritonServer
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class StackInfo:
+    """What `camstream up` prints and writes: enough for another program to join."""
+
+    kafka_bootstrap: str
+    triton_grpc: str
+    triton_http: str
+    triton_metrics_port: int
+    feast_repo: str
+    state_dir: str
+    topic_prefix: str
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    startup_s: float = 0.0
+
+    def env(self) -> dict[str, str]:
+        """CAMSTREAM_* variables that point a process at this stack."""
+        return {
+            "CAMSTREAM_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "CAMSTREAM_TRITON_GRPC": self.triton_grpc,
+            "CAMSTREAM_FEAST_REPO": self.feast_repo,
+            "CAMSTREAM_TOPIC_PREFIX": self.topic_prefix,
+            "CAMSTREAM_STATE_DIR": self.state_dir,
+        }
+
+
+def _scrape(port: int) -> str:
+    """The text of a metrics endpoint ('' while it does not answer)."""
+    if not port_open(port):
+        return ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        return str(response.read().decode())
+
+
+def read_state(state_dir: Path) -> StackInfo | None:
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    return StackInfo(**json.loads(path.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stack_running(info: StackInfo) -> bool:
+    return any(_alive(pid) for pid in info.pids.values())
+
+
+class LocalStack:
+    def __init__(
+        self,
+        settings: Settings,
+        cameras: list[CameraSpec] | None = None,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cameras = cameras or []
+        self.worker_env = worker_env or {}
+        self.state_dir = settings.state_dir.resolve()
+        self.logs_dir = self.state_dir / "logs"
+        self.kafka: KafkaBroker | None = None
+        self.triton: TritonServer | None = None
+        self.worker: ManagedProcess | None = None
+        self.producer: ManagedProcess | None = None
+        self.info: StackInfo | None = None
+
+    # Start ----------------------------------------------------------------------------
+
+    def start(self) -> StackInfo:
+        previous = read_state(self.state_dir)
+        if previous is not None and stack_running(previous):
+            raise SystemExit(
+                f"camstream: a stack is already running from {self.state_dir} "
+                f"(pids {sorted(previous.pids.values())}); stop it first (Ctrl-C or SIGTERM "
+                "to `camstream up`), or pass another CAMSTREAM_STATE_DIR"
+            )
+        started = time.monotonic()
+        try:
+            self._start_services()
+        except BaseException:
+            self.stop()
+            raise
+        assert self.info is not None
+        self.info.startup_s = round(time.monotonic() - started, 1)
+        self._write_state()
+        return self.info
+
+    def _start_services(self) -> None:
+        s = self.settings
+        self.kafka = KafkaBroker(
+            self.state_dir / "kafka", self.logs_dir, cache_dir=s.cache_dir
+        ).start()
+        self.kafka.create_topics(
+            [s.frames_topic, s.predictions_topic, s.drift_topic, s.dlq_topic],
+            partitions=s.topic_partitions,
+        )
+        self.triton = TritonServer(
+            s.model_repo,
+            cache_dir=s.cache_dir,
+            log_dir=self.logs_dir,
+            ready_models=(s.model_name,),
+        ).start()
+        feast_repo = prepare_repo(self.state_dir / "feast")
+        store = apply_repo(feast_repo)
+        if self.cameras:
+            upsert_cameras(store, self.cameras)
+        materialize_all(store)
+        self.info = StackInfo(
+            kafka_bootstrap=self.kafka.bootstrap,
+            triton_grpc=self.triton.grpc_address,
+            triton_http=self.triton.http_address,
+            triton_metrics_port=self.triton.metrics_port,
+            feast_repo=str(feast_repo),
+            state_dir=str(self.state_dir),
+            topic_prefix=s.topic_prefix,
+            logs={
+                "kafka": str(self.kafka.log_path),
+                "triton": str(self.triton.log_path),
+            },
+            pids={"kafka": self.kafka.pid, "triton": self.triton.pid},
+        )
+        # Producers start once the worker can take frames, so none wait in a backlog.
+        self.worker = self._spawn(
+            "worker", ["worker"], ready_metric="camstream_worker_assigned 1.0"
+        )
+        if self.cameras:
+            cameras_file = self.state_dir / "cameras.yaml"
+            dump_cameras(self.cameras, cameras_file)
+            self.producer = self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
+
+    def _spawn(self, name: str, args: list[str], ready_metric: str = "") -> ManagedProcess:
+        assert self.info is not None
+        port = free_port()
+        env = dict(os.environ)
+        env.update(self.info.env())
+        env["CAMSTREAM_METRICS_PORT"] = str(port)
+        env["CAMSTREAM_LOG_LEVEL"] = self.settings.log_level
+        env.update(self.worker_env)
+        log_path = self.logs_dir / f"{name}.log"
+        process = ManagedProcess(
+            name, [sys.executable, "-m", "camstream", *args], log_path, env=env, stop_timeout_s=20
+        ).start()
+        process.wait_ready(lambda: ready_metric in _scrape(port), timeout_s=90)
+        self.info.metrics_ports[name] = port
+        self.info.logs[name] = str(log_path)
+        self.info.pids[name] = process.pid
+        return process
+
+    def _write_state(self) -> None:
+        assert self.info is not None
+        path = self.state_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.info), indent=2))
+        tmp.replace(path)
+
+    # Stop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop producers first (they flush), then the worker (it commits), then servers."""
+        for service in (self.producer, self.worker, self.triton, self.kafka):
+            if service is None:
+                continue
+            try:
+                service.stop()
+            except Exception:
+                log.exception("stack.stop_failed", service=type(service).__name__)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+@contextmanager
+def running_stack(
+    settings: Settings,
+    cameras: list[CameraSpec] | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> Iterator[StackInfo]:
+    stack = LocalStack(settings, cameras, worker_env)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()

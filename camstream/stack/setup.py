@@ -1,0 +1,114 @@
+"""Idempotent set-up of everything the local stack needs beyond the Python environments:
+Kafka's jars, the sample videos and photos, the exported model and its drift
+reference profile. Each step is cached and returns at once when already done.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from camstream.cameras import CameraSpec
+from camstream.settings import REPO_ROOT, Settings
+from camstream.stack.assets import SampleAssets, ensure_assets
+from camstream.stack.kafka import ensure_kafka_libs
+from camstream.stack.triton import ModelEnv, locate_model_env
+
+log = structlog.get_logger(__name__)
+
+
+class SetupError(RuntimeError):
+    """A set-up step failed; the message names the step and how to retry it."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    assets: SampleAssets
+    kafka_libs: Path
+    model_env: ModelEnv
+    seconds: float
+
+
+def run_in_model_env(env: ModelEnv, args: list[str], step: str) -> None:
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = str(REPO_ROOT)
+    command = [str(env.bin_dir / "python"), "-m", *args]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=environ, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SetupError(
+            f"set-up step '{step}' failed ({' '.join(command)}):\n{result.stderr[-3000:]}"
+        )
+
+
+def ensure_model(settings: Settings, env: ModelEnv, assets: SampleAssets) -> None:
+    """Export the pretrained model into triton_repo and build its reference profile."""
+    model_dir = settings.model_repo / settings.model_name
+    run_in_model_env(
+        env,
+        [
+            "training.export",
+            "--repo",
+            str(settings.model_repo),
+            "--labels",
+            str(assets.imagenet_classes),
+        ],
+        "export the model",
+    )
+    onnx = model_dir / "1" / "model.onnx"
+    profile = settings.reference_profile_path
+    if not profile.exists() or profile.stat().st_mtime < onnx.stat().st_mtime:
+        run_in_model_env(
+            env,
+            [
+                "training.baseline",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(profile),
+                str(assets.vtest_video),
+                str(assets.bikes_video),
+            ],
+            "build the drift reference profile",
+        )
+
+
+def prepare(settings: Settings) -> Prepared:
+    started = time.monotonic()
+    env = locate_model_env()
+    kafka_libs = ensure_kafka_libs(settings.cache_dir)
+    assets = ensure_assets(settings.cache_dir)
+    ensure_model(settings, env, assets)
+    seconds = time.monotonic() - started
+    log.info("setup.done", seconds=round(seconds, 1))
+    return Prepared(assets, kafka_libs, env, seconds)
+
+
+def sample_cameras(assets: SampleAssets) -> list[CameraSpec]:
+    """The two sample cameras: a fixed street camera and a bike-lane clip, both looping."""
+    return [
+        CameraSpec(
+            id="cam-street",
+            source=str(assets.vtest_video),
+            fps=10,
+            loop=True,
+            site="sample-city",
+            zone="pedestrian-street",
+            confidence_threshold=0.2,
+        ),
+        CameraSpec(
+            id="cam-bikes",
+            source=str(assets.bikes_video),
+            fps=10,
+            loop=True,
+            site="sample-city",
+            zone="bike-lane",
+            confidence_threshold=0.2,
+        ),
+    ]

@@ -1,0 +1,110 @@
+"""The Faust application: frames in, predictions, drift records and dead letters out.
+
+Topic names carry a configurable prefix, so the app is built from Settings by
+``build_app`` instead of at import time; the agent itself is the usual short loop
+over micro-batches, and the work lives in streams.worker.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+import structlog
+from faust.auth import SASLCredentials, SSLCredentials
+from prometheus_client import Gauge
+
+from camstream.settings import Settings
+from streams.worker import BatchProcessor
+
+log = structlog.get_logger(__name__)
+
+READY = Gauge("camstream_worker_ready", "1 once the worker's model is ready in Triton")
+ASSIGNED = Gauge("camstream_worker_assigned", "1 once the worker joined its group")
+
+
+def faust_credentials(kafka_config: dict[str, str]) -> Any:
+    """Map librdkafka security properties onto Faust (aiokafka) credentials."""
+    protocol = kafka_config.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=kafka_config.get("ssl.ca.location"))
+        if "ssl.certificate.location" in kafka_config:
+            context.load_cert_chain(
+                kafka_config["ssl.certificate.location"], kafka_config.get("ssl.key.location")
+            )
+    if protocol.startswith("SASL"):
+        return SASLCredentials(
+            username=kafka_config.get("sasl.username"),
+            password=kafka_config.get("sasl.password"),
+            mechanism=kafka_config.get("sasl.mechanism", "PLAIN"),
+            ssl_context=context,
+        )
+    if protocol == "SSL" and context is not None:
+        return SSLCredentials(context)
+    raise SystemExit(
+        f"camstream: unsupported security.protocol {protocol!r} in CAMSTREAM_KAFKA_CONFIG; "
+        "use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+
+
+def build_app(settings: Settings) -> faust.App:
+    brokers = [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")]
+    app = faust.App(
+        settings.worker_name,
+        broker=brokers,
+        broker_credentials=faust_credentials(settings.kafka_config),
+        datadir=str(settings.worker_data_dir),
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=settings.max_message_bytes * 2,
+        web_enabled=False,
+        autodiscover=False,
+    )
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+    raw |= {"key_serializer": "raw", "value_serializer": "raw"}
+    frames = app.topic(settings.frames_topic, **raw)
+    outputs = {
+        name: app.topic(name, **raw)
+        for name in (settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
+    }
+
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> Any:
+        return await outputs[topic].send(key=key, value=value, headers=headers)
+
+    processor = BatchProcessor(settings, send)
+
+    @app.agent(frames)
+    async def classify(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        await processor.start()
+        READY.set(1)
+        async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
+            await processor.process(events)
+            yield None
+
+    @app.on_rebalance_complete.connect
+    async def _assigned(app: faust.App, **_: Any) -> None:
+        ASSIGNED.set(1)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **_: Any) -> None:
+        READY.set(0)
+        await processor.stop()
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until SIGTERM/SIGINT (Faust flushes, commits and closes)."""
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,87 @@
+"""Classification through Triton over async gRPC.
+
+One request carries a micro-batch (uint8 NHWC; the model normalises on the server, so
+the wire carries 150 KB per image instead of 600 KB). Transient failures are retried
+with exponential backoff until the call's deadline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from camstream.records import ModelRef
+
+log = structlog.get_logger(__name__)
+
+INPUT = "IMAGE"
+OUTPUT = "PROBS"
+
+
+class InferenceError(RuntimeError):
+    """Triton could not classify a batch before the deadline."""
+
+
+class TritonClassifier:
+    def __init__(self, url: str, model: str, version: str, timeout_s: float) -> None:
+        self._client = InferenceServerClient(url=url)
+        self._model = model
+        self._version = version
+        self._timeout_s = timeout_s
+        self.model_ref = ModelRef(name=model, version=version or "latest")
+
+    async def connect(self, wait_s: float = 60.0) -> ModelRef:
+        """Wait until the model is ready; learn the version that will answer."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(wait_s),
+            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                if not await self._client.is_model_ready(self._model, self._version):
+                    raise InferenceServerException(f"model {self._model} is not ready")
+        meta = await self._client.get_model_metadata(self._model, self._version, as_json=True)
+        versions = meta.get("versions") or [self._version or "latest"]
+        self.model_ref = ModelRef(name=self._model, version=str(self._version or versions[-1]))
+        log.info("triton.ready", model=self._model, version=self.model_ref.version)
+        return self.model_ref
+
+    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """Probabilities [N, classes] for a batch of RGB uint8 [N, 224, 224, 3] images."""
+        request = InferInput(INPUT, list(images.shape), "UINT8")
+        request.set_data_from_numpy(images)
+        outputs = [InferRequestedOutput(OUTPUT)]
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(InferenceServerException),
+                stop=stop_after_delay(self._timeout_s),
+                wait=wait_exponential_jitter(initial=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    result = await self._client.infer(
+                        self._model,
+                        [request],
+                        model_version=self._version,
+                        outputs=outputs,
+                        client_timeout=self._timeout_s,
+                    )
+        except InferenceServerException as exc:
+            raise InferenceError(f"Triton failed on a batch of {len(images)}: {exc}") from exc
+        probs = result.as_numpy(OUTPUT)
+        if probs is None or probs.shape[0] != images.shape[0]:
+            raise InferenceError("Triton returned no probabilities for the batch")
+        return probs.astype(np.float32, copy=False)
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,113 @@
+"""The worker's per-frame logic as plain synchronous functions; the agent only moves data.
+
+validate -> decode to model input -> (Triton) -> postprocess -> prediction record.
+Every rejection raises FrameRejected with a short ``kind`` that the DLQ and the
+metrics use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from camstream.imaging import ImageError, image_statistics, jpeg_dimensions, jpeg_to_model_input
+from camstream.records import (
+    UNCERTAIN,
+    ClassScore,
+    FrameHeaderError,
+    FrameHeaders,
+)
+
+
+class FrameRejected(ValueError):
+    """A frame that goes to the DLQ; ``kind`` is the reason's short name."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFrame:
+    headers: FrameHeaders
+    image: npt.NDArray[np.uint8]
+    stats: dict[str, float]
+
+
+def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) -> FrameHeaders:
+    """Check headers, size and the JPEG's own declared dimensions before any decoding."""
+    try:
+        parsed = FrameHeaders.from_kafka(dict(headers))
+    except FrameHeaderError as exc:
+        raise FrameRejected(exc.kind, str(exc)) from exc
+    if not value:
+        raise FrameRejected("empty_value", "frame value is empty")
+    if len(value) > limits.max_bytes:
+        raise FrameRejected(
+            "too_large", f"frame is {len(value)} bytes; the limit is {limits.max_bytes}"
+        )
+    try:
+        width, height = jpeg_dimensions(value)
+    except ImageError as exc:
+        raise FrameRejected(exc.kind, str(exc)) from exc
+    if width * height > limits.max_pixels:
+        raise FrameRejected(
+            "too_many_pixels",
+            f"JPEG declares {width}x{height}; the limit is {limits.max_pixels} pixels",
+        )
+    if (width, height) != (parsed.width, parsed.height):
+        raise FrameRejected(
+            "dimension_mismatch",
+            f"headers say {parsed.width}x{parsed.height} but the JPEG is {width}x{height}",
+        )
+    return parsed
+
+
+def prepare(headers: FrameHeaders, value: bytes) -> PreparedFrame:
+    """Decode (at reduced size) to the model's input and measure image statistics."""
+    try:
+        image = jpeg_to_model_input(value, headers.width, headers.height)
+    except ImageError as exc:
+        raise FrameRejected(exc.kind, str(exc)) from exc
+    return PreparedFrame(headers, image, image_statistics(image))
+
+
+def load_labels(path: Path) -> list[str]:
+    """ImageNet class names, one per line; the first synonym is the label."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"labels file {path} is missing: run `camstream setup` (it exports the model)"
+        )
+    return [line.split(",")[0].strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def top_k(probs: npt.NDArray[np.float32], labels: Sequence[str], k: int) -> list[ClassScore]:
+    k = min(k, probs.shape[0])
+    best = np.argpartition(probs, -k)[-k:]
+    best = best[np.argsort(probs[best])[::-1]]
+    return [
+        ClassScore(class_id=int(i), label=labels[i], score=min(1.0, max(0.0, float(probs[i]))))
+        for i in best
+    ]
+
+
+def decide(top: Sequence[ClassScore], threshold: float) -> tuple[str, float]:
+    """Top-1 label if its score reaches the camera's threshold, else 'uncertain'."""
+    best = top[0]
+    return (best.label if best.score >= threshold else UNCERTAIN), best.score
+
+
+def threshold_for(features: Mapping[str, Any] | None, default: float) -> float:
+    value = (features or {}).get("confidence_threshold")
+    return float(value) if value is not None else default

@@ -1,0 +1,107 @@
+"""EfficientNet-Lite0 on onnxruntime inside Triton's python backend.
+
+Names, dtypes and the onnxruntime thread count come from config.pbtxt. All requests of
+one dynamic batch run as a single onnxruntime call; a request whose IMAGE tensor is
+malformed gets its own TritonError while the others still answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+INPUT_NAME = "IMAGE"
+OUTPUT_NAME = "PROBS"
+
+
+class TritonPythonModel:
+    """One instance per instance_group entry; each owns one onnxruntime session."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        image = pb_utils.get_input_config_by_name(config, INPUT_NAME)
+        probs = pb_utils.get_output_config_by_name(config, OUTPUT_NAME)
+        self._image_dims = tuple(int(d) for d in image["dims"])
+        self._image_dtype = pb_utils.triton_string_to_numpy(image["data_type"])
+        self._probs_dtype = pb_utils.triton_string_to_numpy(probs["data_type"])
+        self._max_rows = max(int(config.get("max_batch_size", 0)), 1)
+
+        params = config.get("parameters", {})
+        threads = int(params.get("ORT_INTRA_OP_THREADS", {}).get("string_value", "1"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        # The same file serves the GPU image: CUDA first when onnxruntime has it.
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            device = int(args.get("model_instance_device_id", "0"))
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
+
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        if not path.is_file():
+            raise pb_utils.TritonModelException(
+                f"{path} not found: run `python -m training.export --repo <repo> "
+                "--labels <labels>` in the model environment first"
+            )
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        self._output_index = [o.name for o in self._session.get_outputs()].index(OUTPUT_NAME)
+        pb_utils.Logger.log_info(
+            f"{args['model_name']}/{args['model_instance_name']}: {path.name} on "
+            f"{self._session.get_providers()[0]}, {threads} intra-op thread(s)"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        images: list[np.ndarray] = []
+        owners: list[int] = []
+        for index, request in enumerate(requests):
+            image, problem = self._image_of(request)
+            if problem is not None:
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+            else:
+                images.append(image)
+                owners.append(index)
+
+        if images:
+            batch = images[0] if len(images) == 1 else np.concatenate(images)
+            try:
+                probs = self._session.run(None, {INPUT_NAME: batch})[self._output_index]
+            except Exception as exc:  # one failed run fails its requests, not the server
+                error = pb_utils.TritonError(f"onnxruntime failed: {type(exc).__name__}: {exc}")
+                for index in owners:
+                    responses[index] = pb_utils.InferenceResponse(error=error)
+            else:
+                probs = probs.astype(self._probs_dtype, copy=False)
+                start = 0
+                for index, image in zip(owners, images, strict=True):
+                    rows = probs[start : start + len(image)]
+                    start += len(image)
+                    tensor = pb_utils.Tensor(OUTPUT_NAME, np.ascontiguousarray(rows))
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[tensor])
+        return responses
+
+    def finalize(self) -> None:
+        self._session = None
+
+    def _image_of(self, request: Any) -> tuple[np.ndarray, str | None]:
+        """The request's IMAGE as [n, *dims] of the configured dtype, or why not."""
+        tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+        if tensor is None:
+            return np.empty(0), f"missing input {INPUT_NAME}"
+        image = tensor.as_numpy()
+        if image.dtype != self._image_dtype:
+            return image, f"{INPUT_NAME} must be {self._image_dtype.__name__}, got {image.dtype}"
+        if image.ndim != len(self._image_dims) + 1 or image.shape[1:] != self._image_dims:
+            expected = ", ".join(str(d) for d in self._image_dims)
+            return image, f"{INPUT_NAME} must have shape [N, {expected}], got {list(image.shape)}"
+        if not 1 <= image.shape[0] <= self._max_rows:
+            return image, f"{INPUT_NAME} batch must be 1..{self._max_rows}, got {image.shape[0]}"
+        return image, None
