@@ -118,6 +118,8 @@ def upsert_cameras(store: FeatureStore, cameras: list[CameraSpec]) -> None:
 
 def materialize_all(store: FeatureStore) -> None:
     """Load every camera's latest metadata from the offline source into the online store."""
+    if not (Path(store.repo_path) / META_FILE).exists():
+        return  # no camera registered yet
     # Feast prints its progress to stdout, which is the CLI's output: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
         store.materialize(

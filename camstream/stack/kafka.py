@@ -34,7 +34,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from camstream.stack.process import ManagedProcess, ServiceError, free_port
+from camstream.stack.process import ManagedProcess, ServiceError, free_port, port_open
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +192,9 @@ class BrokerState:
         return cls(**json.loads(path.read_text()))
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        tmp.replace(path)
 
 
 class KafkaBroker:
@@ -200,7 +202,9 @@ class KafkaBroker:
 
     ``data_dir`` holds the configuration, the state file and the log segments;
     ``logs_dir`` receives ``kafka.log`` (the JVM's output, WARN and above). Ports are
-    picked free on first start and kept in the data dir, so a restart reuses them.
+    picked free when a data dir is first used and kept there, so a restart (of this
+    object or a new one on the same data dir) listens on the same addresses; a kept port
+    that another process has taken meanwhile is replaced, one passed in never is.
 
     ``sasl_users`` (user name -> password) adds a SASL_PLAINTEXT listener with the
     PLAIN mechanism beside the PLAINTEXT one; no authorizer is configured, so an
@@ -268,7 +272,7 @@ class KafkaBroker:
     @property
     def pid(self) -> int:
         if self._process is None:
-            raise ServiceError("kafka was never started")
+            raise ServiceError("kafka is not running")
         return self._process.pid
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
@@ -464,7 +468,7 @@ class KafkaBroker:
         try:
             self._process.wait_ready(self._answers_metadata, self.start_timeout_s)
         except BaseException:
-            self._process.stop()
+            self.stop()
             raise
         log.info(
             "kafka.ready",
@@ -476,9 +480,12 @@ class KafkaBroker:
 
     def stop(self) -> int | None:
         """SIGTERM the broker (a clean shutdown), SIGKILL after ``stop_timeout_s``."""
-        if self._process is None:
+        # Forget the process once stopped, so a second stop() never signals a process
+        # group id that the system may since have given to someone else.
+        process, self._process = self._process, None
+        if process is None:
             return None
-        return self._process.stop()
+        return process.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -497,6 +504,8 @@ class KafkaBroker:
         return AdminClient(self.client_config())
 
     def _answers_metadata(self) -> bool:
+        if not port_open(self.port):  # cheap; the listener opens once the broker is up
+            return False
         # log_level 0: the refused connections while the JVM starts are expected.
         admin = AdminClient(self.client_config(log_level=0))
         metadata = admin.list_topics(timeout=2)

@@ -1,0 +1,20 @@
+# Triton Inference Server for camstream on an NVIDIA GPU.
+#
+# triton_repo/efficientnet_lite0 is a python-backend model whose model.py runs
+# onnxruntime; the python backend's stub runs model.py with this image's system
+# python3 (3.10 in 24.10), so onnxruntime-gpu goes into that environment. model.py
+# puts the session on CUDAExecutionProvider when this onnxruntime offers it.
+#
+# 24.10 ships CUDA 12.6 and cuDNN 9, which onnxruntime-gpu 1.20 (CUDA 12 build, the
+# PyPI default since 1.19) is built against. numpy stays below 2: the python backend's
+# triton_python_backend_utils of this release is built against numpy 1.x.
+
+FROM nvcr.io/nvidia/tritonserver:24.10-py3
+
+RUN python3 -m pip install --no-cache-dir \
+        "numpy==1.26.4" \
+        "onnxruntime-gpu==1.20.1" \
+    && python3 -c "import onnxruntime, numpy; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), 'numpy', numpy.__version__)"
+
+# The model repository is mounted read-only at /models by docker-compose.yml.
+CMD ["tritonserver", "--model-repository=/models"]
