@@ -6,8 +6,8 @@
 # puts the session on CUDAExecutionProvider when this onnxruntime offers it.
 #
 # 24.10 ships CUDA 12.6 and cuDNN 9, which onnxruntime-gpu 1.20 (CUDA 12 build, the
-# PyPI default since 1.19) is built against. numpy stays below 2: the python backend's
-# triton_python_backend_utils of this release is built against numpy 1.x.
+# PyPI default since 1.19) is built against. numpy stays below 2, as in the local model
+# environment (requirements/model.txt pins numpy 1.26.4).
 
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 

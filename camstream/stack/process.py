@@ -114,8 +114,9 @@ class ManagedProcess:
                 log.warning("process.kill", service=self.name, after_s=self.stop_timeout_s)
                 self.signal(signal.SIGKILL)
                 self._popen.wait(10)
-        # Reap anything left in the group (children that ignored the TERM).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+            # Reap what is left of the group (children that ignored the TERM). The group
+            # id cannot have been reused: it was ours until a moment ago.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         log.info("process.stopped", service=self.name, returncode=self._popen.returncode)
         return self._popen.returncode

@@ -23,7 +23,8 @@ import tritonclient.grpc.aio as aiogrpcclient
 from tritonclient.utils import InferenceServerException
 
 from camstream.imaging import Image, to_model_input
-from camstream.settings import REPO_ROOT
+from camstream.settings import REPO_ROOT, Settings
+from camstream.stack.assets import SampleAssets, ensure_assets
 from camstream.stack.process import ServiceError
 from camstream.stack.triton import DEFAULT_MODEL_ENV, SHM_DIR, TritonServer
 
@@ -32,21 +33,23 @@ log = structlog.get_logger(__name__)
 
 MODEL = "efficientnet_lite0"
 MODEL_REPOSITORY = REPO_ROOT / "triton_repo"
-# TODO: take these from camstream.stack.assets once it lands (fetches them anywhere).
-OPENCV_DATA = Path.home() / ".cache/camstream/debs/x/usr/share/doc/opencv-doc/examples/data"
-CACHE_DIR = Path.home() / ".cache" / "camstream"
+CACHE_DIR = Settings().cache_dir
 
 
 @pytest.fixture(scope="session")
-def opencv_data() -> Path:
-    if not (OPENCV_DATA / "squirrel_cls.jpg").is_file():
-        pytest.skip(f"opencv-doc example data not found under {OPENCV_DATA}")
-    return OPENCV_DATA
+def sample_assets() -> SampleAssets:
+    return ensure_assets(CACHE_DIR)
 
 
 @pytest.fixture(scope="session")
-def exported_model(opencv_data: Path) -> Path:
-    labels = opencv_data / "dnn" / "classification_classes_ILSVRC2012.txt"
+def opencv_data(sample_assets: SampleAssets) -> Path:
+    """The folder holding the sample photos under their original names."""
+    return sample_assets.photos["squirrel"].parent
+
+
+@pytest.fixture(scope="session")
+def exported_model(sample_assets: SampleAssets) -> Path:
+    labels = sample_assets.imagenet_classes
     result = subprocess.run(
         [
             str(DEFAULT_MODEL_ENV / "bin" / "python"),
