@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,13 +95,14 @@ def up(
         for name, path in info.logs.items():
             _out(f"  {name + ' log':<16}: {path}")
         deadline = None if duration is None else time.monotonic() + duration
-        _follow(
+        summary = _follow(
             settings.model_copy(update={"kafka_bootstrap": info.kafka_bootstrap}),
             settings.predictions_topic,
             stop,
             deadline,
             quiet=quiet,
         )
+        _out(f"predictions: {summary.line()}")
     finally:
         _out("stopping the stack ...")
         stack.stop()
@@ -189,6 +192,26 @@ def tail(
     _follow(settings, name, _stop_event(), None, from_beginning=from_beginning, count=count)
 
 
+@dataclass
+class FollowSummary:
+    """What a follow saw: records, cameras, and end-to-end latencies of predictions."""
+
+    records: int = 0
+    cameras: set[str] = field(default_factory=set)
+    first_s: float = 0.0
+    last_s: float = 0.0
+    end_to_end_ms: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        span = self.last_s - self.first_s
+        rate = (self.records - 1) / span if span > 0 else 0.0
+        text = f"{self.records} records from {len(self.cameras)} cameras, {rate:.1f}/s"
+        if len(self.end_to_end_ms) >= 2:
+            q = statistics.quantiles(self.end_to_end_ms, n=100, method="inclusive")
+            text += f"; end-to-end ms p50={q[49]:.0f} p95={q[94]:.0f} p99={q[98]:.0f}"
+        return text
+
+
 def _follow(
     settings: Settings,
     topic: str,
@@ -198,7 +221,7 @@ def _follow(
     from_beginning: bool = False,
     count: int | None = None,
     quiet: bool = False,
-) -> None:
+) -> FollowSummary:
     import uuid
 
     from confluent_kafka import Consumer
@@ -213,41 +236,54 @@ def _follow(
         )
     )
     consumer.subscribe([topic])
-    seen = 0
+    summary = FollowSummary()
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            seen += 1
+            summary.last_s = time.monotonic()
+            if not summary.records:
+                summary.first_s = summary.last_s
+            summary.records += 1
+            summary.cameras.add((msg.key() or b"").decode(errors="replace"))
+            line, e2e = _describe(msg.topic() or topic, msg.key(), msg.value(), msg.headers())
+            if e2e is not None:
+                summary.end_to_end_ms.append(e2e)
             if not quiet:
-                _out(_describe(msg.topic() or topic, msg.key(), msg.value(), msg.headers()))
-            if count is not None and seen >= count:
+                _out(line)
+            if count is not None and summary.records >= count:
                 break
     finally:
         consumer.close()
+    return summary
 
 
-def _describe(topic: str, key: bytes | None, value: bytes | None, headers: Any) -> str:
+def _describe(
+    topic: str, key: bytes | None, value: bytes | None, headers: Any
+) -> tuple[str, float | None]:
+    """One line for a record, and its end-to-end latency if it is a prediction."""
     camera = (key or b"").decode(errors="replace")
     try:
         record = json.loads(value or b"")
     except ValueError:
         meta = {k: bytes(v or b"").decode(errors="replace") for k, v in headers or []}
-        return f"{topic} {camera} {len(value or b'')} bytes {json.dumps(meta)}"
+        return f"{topic} {camera} {len(value or b'')} bytes {json.dumps(meta)}", None
     if topic.endswith("predictions"):
         lat = record["latency"]
-        return (
+        line = (
             f"{camera:<12} seq={record['seq']} {record['label']:<24} "
             f"score={record['score']:.2f} enrich={record['enrichment']} "
             f"e2e={lat['end_to_end_ms']:.0f}ms infer={lat['infer_ms']:.0f}ms"
         )
+        return line, float(lat["end_to_end_ms"])
     if topic.endswith("drift"):
-        return (
+        line = (
             f"{camera:<12} DRIFT={record['drift']} frames={record['frame_count']} "
             f"reasons={record['reasons']}"
         )
-    return json.dumps(record)
+        return line, None
+    return json.dumps(record), None
 
 
 @app.command()

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     infer_timeout_s: float = Field(default=10.0, gt=0)
 
     # Feast
-    feast_repo: Path = Field(default=REPO_ROOT / ".camstream" / "feast")
+    feast_repo: Path | None = Field(
+        default=None, description="An applied Feast repo; default <state_dir>/feast."
+    )
     feature_cache_ttl_s: float = Field(default=2.0, ge=0)
     default_threshold: float = Field(default=0.0, ge=0, le=1)
 
@@ -68,6 +70,9 @@ class Settings(BaseSettings):
     worker_name: str = "camstream-worker"
     batch_max: int = Field(default=16, ge=1)
     batch_within_s: float = Field(default=0.02, gt=0)
+    infer_inflight: int = Field(
+        default=2, ge=1, description="Triton requests a micro-batch is split into, in flight."
+    )
     max_frame_bytes: int = Field(default=8_000_000, ge=1)
     max_frame_pixels: int = Field(default=40_000_000, ge=1)
     top_k: int = Field(default=5, ge=1, le=1000)
@@ -80,7 +85,9 @@ class Settings(BaseSettings):
         default=None,
         description="Reference profile; default <model_repo>/<model_name>/reference_profile.json",
     )
-    worker_data_dir: Path = Field(default=REPO_ROOT / ".camstream" / "worker")
+    worker_data_dir: Path | None = Field(
+        default=None, description="Faust's data folder; default <state_dir>/worker."
+    )
 
     # Every long-running process serves Prometheus metrics; 0 picks a free port.
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -141,6 +148,14 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}frames.dlq"
+
+    @property
+    def feast_repo_path(self) -> Path:
+        return self.feast_repo or self.state_dir / "feast"
+
+    @property
+    def worker_dir(self) -> Path:
+        return self.worker_data_dir or self.state_dir / "worker"
 
     @property
     def labels_path(self) -> Path:

@@ -33,12 +33,6 @@ COPY features ./features
 COPY schemas ./schemas
 RUN uv sync --frozen --no-dev
 
-# docker/feature_store.yaml puts Feast's online store in Redis, which needs the redis
-# client (feast's `redis` extra). Until pyproject.toml asks for feast[redis] and uv.lock
-# carries it, add the client here, pinned inside feast 0.67's range (redis>=4.2.2,<8).
-RUN /app/.venv/bin/python -c "import redis" 2>/dev/null \
-    || uv pip install --python /app/.venv/bin/python "redis==5.2.1"
-
 # Run as an unprivileged user; the folders the named volumes mount over are created
 # here so that Docker gives the volumes this user's ownership.
 RUN useradd --system --uid 10001 --create-home --home-dir /home/camstream camstream \

@@ -54,11 +54,12 @@ def faust_credentials(kafka_config: dict[str, str]) -> Any:
 
 def build_app(settings: Settings) -> faust.App:
     brokers = [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")]
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.worker_name,
         broker=brokers,
         broker_credentials=faust_credentials(settings.kafka_config),
-        datadir=str(settings.worker_data_dir),
+        datadir=str(settings.worker_dir),
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,

@@ -101,7 +101,7 @@ class BatchProcessor:
         self.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self.feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
         self.features = FeatureCache(
-            settings.feast_repo, settings.feature_cache_ttl_s, self.feast_pool
+            settings.feast_repo_path, settings.feature_cache_ttl_s, self.feast_pool
         )
         self.classifier = TritonClassifier(
             settings.triton_grpc,
@@ -221,11 +221,20 @@ class BatchProcessor:
         return pending
 
     async def _classify(self, batch: np.ndarray) -> np.ndarray:
-        """Classify, waiting out a Triton outage: consumption pauses, nothing is lost."""
+        """Classify, waiting out a Triton outage: consumption pauses, nothing is lost.
+
+        The batch goes as ``infer_inflight`` concurrent requests, so every Triton model
+        instance has work and the dynamic batcher regroups them as it sees fit.
+        """
+        parts = min(self.settings.infer_inflight, len(batch))
         delay = 0.5
         while True:
             try:
-                return await self.classifier.classify(batch)
+                if parts == 1:
+                    return await self.classifier.classify(batch)
+                chunks = np.array_split(batch, parts)
+                results = await asyncio.gather(*(self.classifier.classify(c) for c in chunks))
+                return np.concatenate(results)
             except InferenceError as exc:
                 log.warning("triton.unavailable", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
