@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 drift_app = typer.Typer(help="Drift reference profiles.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
+bench_app = typer.Typer(
+    help="Benchmarks: a table for people, or one JSON object with --json.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 
 def _settings() -> Settings:
@@ -334,6 +338,15 @@ def drift_baseline(
         "build the drift reference profile",
     )
     _out(str(settings.reference_profile_path))
+
+
+# -- cameras (producers) commands --
+
+# -- end of cameras commands --
+
+# -- bench commands --
+
+# -- end of bench commands --
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     feature_cache_ttl_s: float = Field(default=2.0, ge=0)
     default_threshold: float = Field(default=0.0, ge=0, le=1)
 
-    # Worker
+    # Worker (streams/: validation, batching, inference, enrichment, delivery)
     worker_name: str = "camstream-worker"
     batch_max: int = Field(default=16, ge=1)
     batch_within_s: float = Field(default=0.02, gt=0)
@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=8_000_000, ge=1)
     max_frame_pixels: int = Field(default=40_000_000, ge=1)
     top_k: int = Field(default=5, ge=1, le=1000)
+    worker_data_dir: Path | None = Field(
+        default=None, description="Faust's data folder; default <state_dir>/worker."
+    )
+    # -- end of worker settings --
+
+    # Producers (producers/: sources, rate control, delivery)
+    # -- end of producer settings --
+
+    # Drift and data quality (streams/drift.py)
     drift_window_frames: int = Field(default=50, ge=5)
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_js_threshold: float = Field(default=0.35, gt=0, le=1)
@@ -85,9 +94,7 @@ class Settings(BaseSettings):
         default=None,
         description="Reference profile; default <model_repo>/<model_name>/reference_profile.json",
     )
-    worker_data_dir: Path | None = Field(
-        default=None, description="Faust's data folder; default <state_dir>/worker."
-    )
+    # -- end of drift settings --
 
     # Every long-running process serves Prometheus metrics; 0 picks a free port.
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -59,11 +59,36 @@ camera_activity_fv = FeatureView(
         Field(name="top_label", dtype=String),
         Field(name="mean_confidence", dtype=Float32),
         Field(name="last_seen_ms", dtype=Int64),
-        Field(name="drift", dtype=Bool),
     ],
     source=camera_activity_push_source,
     online=True,
     description="Streaming per-camera activity, pushed by the stream worker.",
+)
+
+camera_drift_batch_source = FileSource(
+    name="camera_drift_batch_source",
+    path="data/camera_drift.parquet",
+    timestamp_field="event_timestamp",
+)
+
+camera_drift_push_source = PushSource(
+    name="camera_drift_push_source",
+    batch_source=camera_drift_batch_source,
+)
+
+camera_drift_fv = FeatureView(
+    name="camera_drift_fv",
+    entities=[camera],
+    ttl=timedelta(days=1),
+    schema=[
+        Field(name="drift", dtype=Bool),
+        Field(name="drift_reasons", dtype=String),
+        Field(name="drift_window_end_ms", dtype=Int64),
+        Field(name="reference_profile_id", dtype=String),
+    ],
+    source=camera_drift_push_source,
+    online=True,
+    description="A camera's latest drift verdict, pushed by the stream worker.",
 )
 
 camera_enrichment_v1 = FeatureService(

@@ -36,6 +36,8 @@ if [ ! -x "$uv" ]; then
         --target "$cache/uv-$uv_version" "uv==$uv_version"
 fi
 
+bash scripts/system-packages.sh
+
 echo "bootstrap: application environment (.venv)"
 "$uv" sync --frozen --quiet --python "$python"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,60 @@ def evaluate(
         reasons=reasons,
         worker=worker,
     )
+
+
+DRIFT_PUSH_SOURCE = "camera_drift_push_source"
+
+
+class DriftMonitor:
+    """Per-camera windows for one worker: frames in, drift records out.
+
+    The worker calls ``observe`` for every classified frame and ``tick`` now and then
+    (for time-based signals); both return the records to publish.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceProfile,
+        thresholds: Thresholds,
+        window_frames: int,
+        model: ModelRef,
+        worker_id: str,
+    ) -> None:
+        self.reference = reference
+        self.thresholds = thresholds
+        self.window_frames = window_frames
+        self.model = model
+        self.worker_id = worker_id
+        self.windows: dict[str, DriftWindow] = {}
+
+    def observe(
+        self,
+        camera_id: str,
+        capture_ts_ms: int,
+        label: str,
+        score: float,
+        stats: dict[str, float],
+    ) -> list[DriftRecord]:
+        window = self.windows.setdefault(camera_id, DriftWindow(camera_id, capture_ts_ms))
+        window.add(capture_ts_ms, label, score, stats)
+        if len(window) < self.window_frames:
+            return []
+        del self.windows[camera_id]
+        return [evaluate(window, self.reference, self.thresholds, self.model, self.worker_id)]
+
+    def tick(self, now_ms: int) -> list[DriftRecord]:
+        """Records due by time alone (none yet: windows close by frame count)."""
+        return []
+
+
+def drift_feature_row(record: DriftRecord) -> dict[str, Any]:
+    """The camera's drift state as a row for Feast's camera_drift_push_source."""
+    return {
+        "camera_id": record.camera_id,
+        "event_timestamp": datetime.fromtimestamp(record.window_end_ms / 1000, tz=UTC),
+        "drift": record.drift,
+        "drift_reasons": "; ".join(record.reasons),
+        "drift_window_end_ms": record.window_end_ms,
+        "reference_profile_id": record.reference_profile_id,
+    }

@@ -23,7 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from camstream.records import FrameHeaders, Latency, Prediction
 from camstream.settings import Settings
-from streams.drift import DriftWindow, ReferenceProfile, Thresholds, evaluate
+from streams.drift import DriftMonitor, ReferenceProfile, Thresholds
 from streams.enrich import FeatureCache
 from streams.infer import InferenceError, TritonClassifier
 from streams.pipeline import (
@@ -91,13 +91,6 @@ class BatchProcessor:
         self.topics = Topics(settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
         self.limits = Limits(settings.max_frame_bytes, settings.max_frame_pixels)
         self.labels = load_labels(settings.labels_path)
-        self.reference = ReferenceProfile.load(settings.reference_profile_path)
-        self.thresholds = Thresholds(
-            psi=settings.drift_psi_threshold,
-            js=settings.drift_js_threshold,
-            ks_pvalue=settings.drift_ks_pvalue,
-            confidence_shift=settings.drift_confidence_shift,
-        )
         self.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self.feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
         self.features = FeatureCache(
@@ -109,14 +102,25 @@ class BatchProcessor:
             settings.model_version,
             settings.infer_timeout_s,
         )
-        self.windows: dict[str, DriftWindow] = {}
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.drift = DriftMonitor(
+            ReferenceProfile.load(settings.reference_profile_path),
+            Thresholds(
+                psi=settings.drift_psi_threshold,
+                js=settings.drift_js_threshold,
+                ks_pvalue=settings.drift_ks_pvalue,
+                confidence_shift=settings.drift_confidence_shift,
+            ),
+            settings.drift_window_frames,
+            self.classifier.model_ref,
+            self.worker_id,
+        )
         self._started = False
 
     async def start(self) -> None:
         """Wait for Triton's model (once; later calls return at once)."""
         if not self._started:
-            await self.classifier.connect()
+            self.drift.model = await self.classifier.connect()
             self._started = True
 
     async def stop(self) -> None:
@@ -244,19 +248,15 @@ class BatchProcessor:
         self, frame: PreparedFrame, label: str, score: float
     ) -> list[Awaitable[Any]]:
         h = frame.headers
-        window = self.windows.setdefault(h.camera_id, DriftWindow(h.camera_id, h.capture_ts_ms))
-        window.add(h.capture_ts_ms, label, score, frame.stats)
-        if len(window) < self.settings.drift_window_frames:
-            return []
-        del self.windows[h.camera_id]
-        record = evaluate(
-            window, self.reference, self.thresholds, self.classifier.model_ref, self.worker_id
-        )
-        DRIFT.labels(h.camera_id, str(record.drift).lower()).inc()
-        log.info("drift.window", camera=h.camera_id, drift=record.drift, reasons=record.reasons)
-        return [
-            await self.send(self.topics.drift, h.camera_id.encode(), record.to_json_bytes(), None)
-        ]
+        pending = []
+        for record in self.drift.observe(h.camera_id, h.capture_ts_ms, label, score, frame.stats):
+            DRIFT.labels(record.camera_id, str(record.drift).lower()).inc()
+            log.info(
+                "drift.window", camera=record.camera_id, drift=record.drift, reasons=record.reasons
+            )
+            key = record.camera_id.encode()
+            pending.append(await self.send(self.topics.drift, key, record.to_json_bytes(), None))
+        return pending
 
     async def _dead_letter(self, event: FrameEvent, exc: FrameRejected) -> Any:
         DLQ.labels(exc.kind).inc()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages camstream's tests and sources need beyond the machine's base image.
+# Installs only what is missing (apt-get as root); prints what it installs.
+set -euo pipefail
+
+packages=(
+)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "system-packages: run as root, or install: ${missing[*]}" >&2
+    exit 1
+fi
+echo "system-packages: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
