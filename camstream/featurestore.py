@@ -141,3 +141,57 @@ def camera_features(store: FeatureStore, camera_ids: list[str]) -> dict[str, dic
     for index, cid in enumerate(table["camera_id"]):
         out[cid] = {name: table[name][index] for name in META_COLUMNS if name in table}
     return out
+
+
+# -- camera registry (producers: `camstream cameras list|remove`) --
+
+
+def registered_cameras(repo: Path) -> list[dict[str, Any]]:
+    """The registered cameras' metadata from the offline source, sorted by id."""
+    path = repo / META_FILE
+    if not path.exists():
+        return []
+    rows = pd.read_parquet(path).sort_values("camera_id")
+    return [
+        {"camera_id": row["camera_id"], **{c: _plain(row[c]) for c in META_COLUMNS}}
+        for _, row in rows.iterrows()
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def remove_cameras(store: FeatureStore, camera_ids: list[str]) -> list[str]:
+    """Unregister cameras: drop them from the offline source and blank their online
+    metadata, so enrichment reports them as unknown (``missing``) without a restart.
+    Returns the ids that were registered."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    repo = Path(store.repo_path)
+    path = repo / META_FILE
+    if not path.exists():
+        return []
+    rows = pd.read_parquet(path)
+    known = sorted(set(rows["camera_id"]) & set(camera_ids))
+    if not known:
+        return []
+    tmp = path.with_suffix(".tmp")
+    rows[~rows["camera_id"].isin(known)].to_parquet(tmp, index=False)
+    tmp.replace(path)
+    # Feast has no delete; an online row whose every feature is null reads as unknown.
+    view = store.get_feature_view(META_VIEW)
+    now = datetime.now(UTC)
+    blank: list[tuple[Any, dict[str, Any], datetime, datetime | None]] = [
+        (
+            EntityKeyProto(join_keys=["camera_id"], entity_values=[ValueProto(string_val=cid)]),
+            {feature.name: ValueProto() for feature in view.features},
+            now,
+            now,
+        )
+        for cid in known
+    ]
+    store._get_provider().online_write_batch(store.config, view, blank, None)
+    log.info("feast.cameras_removed", cameras=known)
+    return known

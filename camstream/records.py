@@ -157,24 +157,55 @@ class Prediction(_Record):
 
 
 class StatisticTest(_Record):
-    name: str = Field(description="What was compared, e.g. 'label_distribution'.")
-    test: str = Field(description="The test or distance used, e.g. 'psi', 'ks'.")
+    name: str = Field(description="What was compared, e.g. 'label_distribution', 'brightness'.")
+    test: str = Field(
+        description="The test, distance or signal: 'psi', 'jensen_shannon', 'ks', "
+        "'mean_shift', 'adwin', or a data-quality signal such as 'max_identical_run'."
+    )
     value: float
     p_value: float | None = None
-    threshold: float
+    threshold: float = Field(
+        description="The limit applied: the configured threshold, raised where the camera's "
+        "own calibration windows reached further (see the baseline field)."
+    )
     drifted: bool
+    baseline: Literal["camera", "reference", "none"] = Field(
+        default="none",
+        description="Compared with the camera's own calibrated baseline, with the model "
+        "version's reference profile (while the camera calibrates), or nothing "
+        "(data-quality signals).",
+    )
+    sample_size: int | None = Field(
+        default=None,
+        description="Frames the p-value counts: every stride-th frame, as consecutive "
+        "video frames are nearly copies of each other.",
+    )
 
 
 class DriftRecord(_Record):
-    """Drift statistics of one camera over one window; value of camstream.drift."""
+    """Drift and data quality of one camera over one window; value of camstream.drift.
 
-    schema_: Literal["drift/1"] = Field(default="drift/1", alias="schema")
+    ``kind`` is ``window`` for a closed window of frames, ``silence`` when a camera sent
+    nothing for longer than the configured time (frame_count 0).
+    """
+
+    schema_: Literal["drift/2"] = Field(default="drift/2", alias="schema")
+    kind: Literal["window", "silence"] = "window"
     camera_id: str
     window_start_ms: int
     window_end_ms: int
-    frame_count: int = Field(ge=1)
+    frame_count: int = Field(ge=0)
     model: ModelRef
     reference_profile_id: str
+    calibrating: bool = Field(
+        default=False,
+        description="The camera's first frames calibrate its own baseline; meanwhile its "
+        "windows are compared with the model's reference profile for information only, and "
+        "only data-quality signals raise the drift flag.",
+    )
+    baseline_id: str | None = Field(
+        default=None, description="The camera baseline compared with; null while calibrating."
+    )
     statistics: list[StatisticTest]
     drift: bool
     reasons: list[str]

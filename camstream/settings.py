@@ -79,20 +79,146 @@ class Settings(BaseSettings):
     worker_data_dir: Path | None = Field(
         default=None, description="Faust's data folder; default <state_dir>/worker."
     )
+    pipeline_depth: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Micro-batches in flight at once (decode of one overlaps inference of "
+        "another); results are published in order and acked only once published.",
+    )
+    buffer_frames: int = Field(
+        default=64, ge=1, description="Frames Faust may buffer per partition before pausing."
+    )
+    max_frame_age_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Frames captured longer ago than this are skipped and counted, not "
+        "classified (no prediction, no DLQ); 0 turns the policy off.",
+    )
+    triton_retry_max_s: float = Field(
+        default=5.0, gt=0, description="Backoff cap between attempts while Triton is down."
+    )
+    breaker_failures: int = Field(
+        default=3, ge=1, description="Consecutive failed batches that open the breaker."
+    )
+    breaker_reset_s: float = Field(
+        default=2.0, gt=0, description="Open-breaker wait before one trial batch."
+    )
+    feature_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest a batch waits for a Feast read; later, cache or `missing`.",
+    )
+    activity_window_s: float = Field(
+        default=60.0, gt=0, description="Rolling window of the camera activity features."
+    )
+    feature_push_interval_s: float = Field(
+        default=1.0, gt=0, description="How often activity and drift rows go to Feast."
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=6,
+        description="Kafka group session timeout: how soon a dead worker's partitions move.",
+    )
     # -- end of worker settings --
 
     # Producers (producers/: sources, rate control, delivery)
+    producer_buffer_mb: int = Field(
+        default=64,
+        ge=1,
+        description="Frames waiting for the broker (all cameras); a frame that does not fit "
+        "is dropped (reason buffer_full).",
+    )
+    producer_buffer_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="A frame the broker has not acknowledged within this is dropped "
+        "(reason expired).",
+    )
+    producer_linger_ms: float = Field(default=5.0, ge=0, le=1000)
+    producer_flush_s: float = Field(
+        default=5.0, ge=0, description="On SIGTERM: time to flush frames in flight."
+    )
+    producer_open_timeout_s: float = Field(default=10.0, gt=0, description="Stream open.")
+    producer_read_timeout_s: float = Field(default=5.0, gt=0, description="Stream read.")
+    producer_reconnect_initial_s: float = Field(default=0.5, gt=0)
+    producer_reconnect_max_s: float = Field(default=30.0, gt=0)
+    producer_status_interval_s: float = Field(
+        default=30.0, gt=0, description="How often each camera logs its status line."
+    )
+    producer_ffmpeg_options: str = Field(
+        default="rtsp_transport;tcp|analyzeduration;100000",
+        description="OPENCV_FFMPEG_CAPTURE_OPTIONS for streams (replaces OpenCV's defaults: "
+        "keep rtsp_transport;tcp unless UDP is wanted).",
+    )
     # -- end of producer settings --
 
     # Drift and data quality (streams/drift.py)
-    drift_window_frames: int = Field(default=50, ge=5)
+    drift_window_frames: int = Field(
+        default=50, ge=5, description="A camera's window closes after this many frames."
+    )
+    drift_window_ms: int = Field(
+        default=0,
+        ge=0,
+        description="When > 0, windows close by capture time instead of frame count.",
+    )
+    drift_calibration_frames: int = Field(
+        default=800,
+        ge=0,
+        description="A camera's first frames under a reference profile become its own "
+        "baseline (scene differences between cameras are not drift); 0 compares every "
+        "window with the model's reference profile instead.",
+    )
+    drift_calibration_margin: float = Field(
+        default=0.05,
+        ge=0,
+        description="Each window test's limit is at least its largest value over the "
+        "camera's own calibration windows times (1 + margin).",
+    )
     drift_psi_threshold: float = Field(default=0.25, gt=0)
     drift_js_threshold: float = Field(default=0.35, gt=0, le=1)
+    drift_label_bins: int = Field(
+        default=10, ge=1, description="Most frequent baseline labels kept; the rest is 'other'."
+    )
     drift_ks_pvalue: float = Field(default=0.001, gt=0, lt=1)
+    drift_ks_stride: int = Field(
+        default=10,
+        ge=1,
+        description="KS p-values count every stride-th frame: consecutive frames are "
+        "nearly copies, not independent samples.",
+    )
     drift_confidence_shift: float = Field(default=0.15, gt=0, le=1)
+    drift_adwin_delta: float = Field(
+        default=0.001, gt=0, lt=1, description="ADWIN's confidence on per-frame confidence."
+    )
+    drift_frozen_frames: int = Field(
+        default=10, ge=2, description="Identical consecutive frames that mean a frozen camera."
+    )
+    drift_clipped_share: float = Field(
+        default=0.6,
+        gt=0,
+        le=1,
+        description="A frame is black (over-exposed) when this share of its pixels is "
+        "crushed (clipped).",
+    )
+    drift_bad_frame_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Share of black or over-exposed frames in a window that raises the flag.",
+    )
+    drift_silence_s: float = Field(
+        default=10.0, gt=0, description="A camera that sent nothing for this long is reported."
+    )
+    drift_checkpoint_s: float = Field(
+        default=1.0, ge=0, description="How often per-camera drift state is saved to disk."
+    )
     drift_reference: Path | None = Field(
         default=None,
         description="Reference profile; default <model_repo>/<model_name>/reference_profile.json",
+    )
+    drift_state_dir: Path | None = Field(
+        default=None, description="Per-camera drift state; default <worker_dir>/drift."
     )
     # -- end of drift settings --
 

@@ -57,12 +57,14 @@ camera_activity_fv = FeatureView(
     schema=[
         Field(name="frames_in_window", dtype=Int64),
         Field(name="top_label", dtype=String),
+        Field(name="label_counts", dtype=String),
         Field(name="mean_confidence", dtype=Float32),
         Field(name="last_seen_ms", dtype=Int64),
     ],
     source=camera_activity_push_source,
     online=True,
-    description="Streaming per-camera activity, pushed by the stream worker.",
+    description="Per-camera activity over the worker's rolling window (label_counts is "
+    "a JSON object label -> frames), pushed by the stream worker every second.",
 )
 
 camera_drift_batch_source = FileSource(

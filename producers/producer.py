@@ -1,152 +1,166 @@
 """Publish camera frames to camstream.frames: one thread per camera, one Kafka producer.
 
-Each frame is JPEG-encoded and sent keyed by camera id with the frame/1 headers. The
-Kafka producer is idempotent with acks=all; delivery reports drive the metrics. ``seq``
-starts at the process's start time in epoch milliseconds and counts up, so it keeps
-increasing across reconnects and producer restarts (at under 1000 frames/s).
+A camera's frames come from its feed (producers.feed: sampling, pacing, reconnects);
+each is scaled to fit the camera's max size, JPEG-encoded, checked against the
+broker's message limit (scaled down further, or dropped as ``too_large``) and sent
+keyed by camera id with the frame/1 headers (producers.delivery).
+
+``seq`` starts at the camera's start time in epoch milliseconds and counts up, so it
+keeps increasing across reconnects and producer restarts (below 1000 frames/s).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
-from prometheus_client import Counter, Histogram
+from confluent_kafka import KafkaException
 
-from camstream.cameras import CameraSpec
-from camstream.imaging import encode_jpeg
+from camstream.cameras import Backpressure, CameraConfigError, CameraSpec, check_source
+from camstream.imaging import ImageError, encode_jpeg
 from camstream.records import FrameHeaders
 from camstream.settings import Settings
-from producers.sources import fit_width, open_source
+from producers.delivery import FramePublisher, ProducerFatalError, topic_message_limit
+from producers.feed import FeedConfig, Frame, LatestFeed, PacedFeed
+from producers.sources import Image, Timeouts, fit_within, make_source
+from producers.stats import CameraCounters, CameraState, DropReason, ProducerStats
 
 log = structlog.get_logger(__name__)
 
-FRAMES = Counter(
-    "camstream_producer_frames_total", "Frames by camera and outcome", ["camera", "outcome"]
-)
-PUBLISH_LATENCY = Histogram(
-    "camstream_producer_publish_seconds",
-    "From hand-off to the Kafka client to the broker's acknowledgement",
-    ["camera"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
+__all__ = ["CameraConfigError", "ProducerFatalError", "ProducerStats", "run_producers"]
+
+# Scaling rounds a frame gets to fit the message limit before it is dropped.
+FIT_ATTEMPTS = 3
 
 
-@dataclass
-class ProducerStats:
-    """What one producer run did, per camera; delivered holds acknowledged seqs."""
+def encode_within(
+    image: Image, quality: int, limit: int, counters: CameraCounters
+) -> tuple[bytes, int, int] | None:
+    """JPEG bytes of at most ``limit`` bytes, with their width and height; the image is
+    scaled down (area ~ bytes) when needed. None when it cannot fit (counted, logged)."""
+    jpeg = encode_jpeg(image, quality)
+    attempts = 0
+    while len(jpeg) > limit:
+        if attempts == FIT_ATTEMPTS:
+            counters.on_dropped(DropReason.TOO_LARGE)
+            if counters.dropped.get(DropReason.TOO_LARGE) == 1:  # once per camera
+                log.error(
+                    "frame.too_large",
+                    camera=counters.camera,
+                    bytes=len(jpeg),
+                    limit=limit,
+                    fix="lower jpeg_quality, max_width or max_height, or raise the topic's "
+                    "max.message.bytes and CAMSTREAM_MAX_MESSAGE_BYTES",
+                )
+            return None
+        scale = math.sqrt(limit / len(jpeg)) * 0.9
+        height, width = image.shape[:2]
+        image = fit_within(image, max(int(width * scale), 1), max(int(height * scale), 1))
+        jpeg = encode_jpeg(image, quality)
+        attempts += 1
+    if attempts:
+        counters.on_downscaled()
+        if counters.downscaled == 1:
+            log.warning(
+                "frame.downscaled_to_fit",
+                camera=counters.camera,
+                size=f"{image.shape[1]}x{image.shape[0]}",
+                limit=limit,
+            )
+    return jpeg, image.shape[1], image.shape[0]
 
-    delivered: dict[str, list[int]] = field(default_factory=dict)
-    failed: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, camera: str, seq: int | None, outcome: str) -> None:
-        with self.lock:
-            if outcome == "delivered" and seq is not None:
-                self.delivered.setdefault(camera, []).append(seq)
-            elif outcome == "failed":
-                self.failed[camera] = self.failed.get(camera, 0) + 1
-            else:
-                self.dropped[camera] = self.dropped.get(camera, 0) + 1
-        FRAMES.labels(camera, outcome).inc()
-
-
-def kafka_producer(settings: Settings) -> Producer:
-    return Producer(
-        settings.kafka_client_config(
-            **{
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.max.bytes": settings.max_message_bytes,
-                "queue.buffering.max.kbytes": 256 * 1024,
-                "client.id": "camstream-producer",
-            }
-        )
-    )
-
-
-class CameraThread(threading.Thread):
-    """Reads one camera, encodes its frames and hands them to the shared producer."""
+class CameraWorker(threading.Thread):
+    """Takes one camera's frames from its feed and hands them to the shared publisher."""
 
     def __init__(
         self,
         camera: CameraSpec,
-        producer: Producer,
-        topic: str,
-        stats: ProducerStats,
+        publisher: FramePublisher,
+        counters: CameraCounters,
+        settings: Settings,
         stop: threading.Event,
-        max_frames: int | None,
-        max_bytes: int,
+        max_frames: int | None = None,
+        pace: bool = True,
     ) -> None:
         super().__init__(name=f"camera-{camera.id}", daemon=True)
         self.camera = camera
-        self.producer = producer
-        self.topic = topic
-        self.stats = stats
+        self.publisher = publisher
+        self.counters = counters
         self.stop_event = stop
         self.max_frames = max_frames
-        self.max_bytes = max_bytes
+        timeouts = Timeouts(settings.producer_open_timeout_s, settings.producer_read_timeout_s)
+        source = make_source(camera, timeouts)
+        config = FeedConfig(
+            fps=camera.fps,
+            loop=camera.loop,
+            reconnect_initial_s=settings.producer_reconnect_initial_s,
+            reconnect_max_s=settings.producer_reconnect_max_s,
+            pace=pace,
+        )
+        feed_cls = LatestFeed if camera.policy is Backpressure.DROP_OLDEST else PacedFeed
+        self.feed = feed_cls(camera.id, source, config, counters)
         self.seq = time.time_ns() // 1_000_000
-        self.sent = 0
 
     def run(self) -> None:
-        cid = self.camera.id
+        sent = 0
         try:
-            for frame in open_source(self.camera):
+            for frame in self.feed.frames(self.stop_event):
                 if self.stop_event.is_set():
+                    self.counters.on_dropped(DropReason.UNFLUSHED)
                     break
-                image = fit_width(frame.image, self.camera.max_width)
-                jpeg = encode_jpeg(image, self.camera.jpeg_quality)
-                if len(jpeg) > self.max_bytes:
-                    log.error("frame.too_large", camera=cid, bytes=len(jpeg), limit=self.max_bytes)
-                    self.stats.record(cid, None, "too_large")
-                    continue
-                headers = FrameHeaders(
-                    camera_id=cid,
-                    seq=self.seq,
-                    capture_ts_ms=frame.capture_ts_ms,
-                    width=image.shape[1],
-                    height=image.shape[0],
-                )
-                self._send(headers, jpeg)
-                self.seq += 1
-                self.sent += 1
-                if self.max_frames is not None and self.sent >= self.max_frames:
+                if self.publish(frame):
+                    sent += 1
+                if self.max_frames is not None and sent >= self.max_frames:
                     break
-        except Exception:
-            log.exception("camera.failed", camera=cid)
-            raise
-        log.info("camera.ended", camera=cid, sent=self.sent)
+        except Exception as exc:
+            self.counters.on_state(CameraState.DOWN, repr(exc))
+            log.exception("camera.failed", camera=self.camera.id)
+        if self.counters.state is not CameraState.DOWN:
+            self.counters.on_state(CameraState.ENDED)
+        log.info("camera.stopped", camera=self.camera.id, sent=sent)
 
-    def _send(self, headers: FrameHeaders, jpeg: bytes) -> None:
-        cid, seq = headers.camera_id, headers.seq
-        started = time.monotonic()
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                PUBLISH_LATENCY.labels(cid).observe(time.monotonic() - started)
-                self.stats.record(cid, seq, "delivered")
-            else:
-                log.error("frame.delivery_failed", camera=cid, seq=seq, error=str(err))
-                self.stats.record(cid, seq, "failed")
-
+    def publish(self, frame: Frame) -> bool:
+        """Fit, encode and send one frame; False when it was dropped (counted)."""
+        camera = self.camera
+        image = fit_within(frame.image, camera.max_width, camera.max_height)
         try:
-            self.producer.produce(
-                self.topic,
-                value=jpeg,
-                key=cid.encode(),
-                headers=headers.to_kafka(),
-                on_delivery=on_delivery,
+            encoded = encode_within(
+                image, camera.jpeg_quality, self.publisher.frame_limit, self.counters
             )
-        except BufferError:
-            # The client's queue is full (broker unreachable): drop the frame, counted.
-            self.stats.record(cid, seq, "dropped_buffer_full")
+        except ImageError:
+            self.counters.on_dropped(DropReason.ENCODE_FAILED)
+            return False
+        if encoded is None:
+            return False
+        jpeg, width, height = encoded
+        headers = FrameHeaders(camera.id, self.seq, frame.capture_ts_ms, width, height)
+        self.seq += 1
+        return self.publisher.send(self.counters, headers, jpeg)
+
+
+def check_cameras(cameras: list[CameraSpec]) -> list[CameraSpec]:
+    """The enabled cameras, each checked; raises CameraConfigError naming camera and fix."""
+    enabled = [c for c in cameras if c.enabled]
+    if not enabled:
+        raise CameraConfigError("no enabled camera; set 'enabled: true' on at least one")
+    ids = [c.id for c in enabled]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise CameraConfigError(f"camera ids must be unique; repeated: {repeated}")
+    for camera in enabled:
+        check_source(camera)
+    return enabled
+
+
+def configure_ffmpeg(settings: Settings) -> None:
+    """OpenCV reads its FFmpeg capture options from the environment at each open."""
+    if settings.producer_ffmpeg_options:
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = settings.producer_ffmpeg_options
 
 
 def run_producers(
@@ -155,38 +169,64 @@ def run_producers(
     stop: threading.Event,
     max_frames: int | None = None,
     on_tick: Callable[[ProducerStats], None] | None = None,
+    record_seqs: bool | None = None,
+    pace: bool = True,
 ) -> ProducerStats:
-    """Produce every enabled camera until each ends or ``stop`` is set; then flush."""
-    producer = kafka_producer(settings)
-    stats = ProducerStats()
-    threads = [
-        CameraThread(
-            camera,
-            producer,
-            settings.frames_topic,
-            stats,
-            stop,
-            max_frames,
-            settings.max_message_bytes,
-        )
-        for camera in cameras
-        if camera.enabled
+    """Produce every enabled camera until each ends, ``stop`` is set or Kafka refuses
+    the producer; then flush for up to ``producer_flush_s``.
+
+    Bad camera configuration raises CameraConfigError before anything starts; refused
+    credentials or a missing topic raise ProducerFatalError. Acknowledged seqs are kept
+    per camera (``stats.delivered``) when ``record_seqs``, by default for bounded runs
+    (``max_frames``) only, so a producer left running for weeks does not grow.
+    ``pace=False`` (benchmarks only) reads file and synthetic sources as fast as they go.
+    """
+    enabled = check_cameras(cameras)
+    configure_ffmpeg(settings)
+    try:
+        publisher = FramePublisher(settings, topic_message_limit(settings))
+    except KafkaException as exc:  # a property librdkafka does not accept
+        raise ProducerFatalError(
+            f"invalid Kafka client configuration ({exc}); fix CAMSTREAM_KAFKA_CONFIG"
+        ) from exc
+    keep = max_frames is not None if record_seqs is None else record_seqs
+    stats = ProducerStats({c.id: CameraCounters(c.id, record_seqs=keep) for c in enabled})
+    halt = threading.Event()
+    workers = [
+        CameraWorker(c, publisher, stats.cameras[c.id], settings, halt, max_frames, pace)
+        for c in enabled
     ]
-    for thread in threads:
-        thread.start()
-    while any(t.is_alive() for t in threads) and not stop.is_set():
-        producer.poll(0.1)
-        if on_tick is not None:
-            on_tick(stats)
-    for thread in threads:
-        thread.join(timeout=5)
-    remaining = producer.flush(10)
-    if remaining:
-        log.warning("producer.unflushed", messages=remaining)
+    for worker in workers:
+        worker.start()
     log.info(
-        "producer.stopped",
-        delivered={k: len(v) for k, v in stats.delivered.items()},
-        failed=stats.failed,
-        dropped=stats.dropped,
+        "producer.started",
+        cameras=len(workers),
+        topic=settings.frames_topic,
+        frame_limit=publisher.frame_limit,
     )
+    next_status = time.monotonic() + settings.producer_status_interval_s
+    try:
+        while any(w.is_alive() for w in workers):
+            if stop.wait(0.05) or publisher.fatal_event.is_set():
+                break
+            if on_tick is not None:
+                on_tick(stats)
+            if time.monotonic() >= next_status:
+                next_status += settings.producer_status_interval_s
+                log_status(stats, publisher.in_flight())
+    finally:
+        halt.set()
+        deadline = time.monotonic() + 2.0
+        for worker in workers:
+            worker.join(timeout=max(deadline - time.monotonic(), 0.05))
+        publisher.close(0 if publisher.fatal else settings.producer_flush_s)
+    log_status(stats, 0)
+    if publisher.fatal:
+        raise ProducerFatalError(publisher.fatal)
     return stats
+
+
+def log_status(stats: ProducerStats, in_flight: int) -> None:
+    """One status line per camera: state, fps since the last line, totals, drops."""
+    for counters in stats.cameras.values():
+        log.info("camera.status", in_flight=in_flight, **counters.status())

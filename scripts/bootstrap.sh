@@ -32,7 +32,7 @@ done
 
 if [ ! -x "$uv" ]; then
     echo "bootstrap: installing uv $uv_version into $cache"
-    "$python" -m pip install --quiet --disable-pip-version-check \
+    "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
         --target "$cache/uv-$uv_version" "uv==$uv_version"
 fi
 

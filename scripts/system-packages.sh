@@ -4,6 +4,13 @@
 set -euo pipefail
 
 packages=(
+    # producers: a live RTSP camera stand-in for the producer tests
+    # (tests/support/rtsp_server.py, run with Debian's python3 for gi)
+    python3-gi
+    gir1.2-gst-rtsp-server-1.0
+    gstreamer1.0-plugins-base
+    gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-ugly
 )
 
 missing=()

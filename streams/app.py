@@ -7,8 +7,10 @@ over micro-batches, and the work lives in streams.worker.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import faust
@@ -23,6 +25,11 @@ log = structlog.get_logger(__name__)
 
 READY = Gauge("camstream_worker_ready", "1 once the worker's model is ready in Triton")
 ASSIGNED = Gauge("camstream_worker_assigned", "1 once the worker joined its group")
+LAG = Gauge(
+    "camstream_worker_consumer_lag",
+    "Frames not yet committed per assigned partition (log end - committed offset)",
+    ["partition"],
+)
 
 
 def faust_credentials(kafka_config: dict[str, str]) -> Any:
@@ -59,11 +66,15 @@ def build_app(settings: Settings) -> faust.App:
         settings.worker_name,
         broker=brokers,
         broker_credentials=faust_credentials(settings.kafka_config),
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 6),
         datadir=str(settings.worker_dir),
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
+        # Bounded memory: Faust pauses a partition once this many frames wait in it.
+        stream_buffer_maxsize=settings.buffer_frames,
         producer_acks=-1,
         producer_max_request_size=settings.max_message_bytes * 2,
         web_enabled=False,
@@ -88,9 +99,27 @@ def build_app(settings: Settings) -> faust.App:
     async def classify(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         await processor.start()
         READY.set(1)
+
+        async def acknowledge(events: Sequence[Any]) -> None:
+            for event in events:
+                await stream.ack(event)
+
         async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
-            await processor.process(events)
+            # take_events acks a batch when this body ends; the extra reference keeps
+            # the offsets uncommitted until the batch's records are in Kafka.
+            for event in events:
+                event.message.incref()
+            await processor.submit(events, acknowledge)
             yield None
+
+    @app.timer(interval=1.0)
+    async def _every_second() -> None:
+        await processor.tick(time.time_ns() // 1_000_000)
+        _update_lag(app, settings.frames_topic)
+
+    @app.timer(interval=settings.feature_push_interval_s)
+    async def _push_features() -> None:
+        await processor.flush_features()
 
     @app.on_rebalance_complete.connect
     async def _assigned(app: faust.App, **_: Any) -> None:
@@ -102,6 +131,19 @@ def build_app(settings: Settings) -> faust.App:
         await processor.stop()
 
     return app
+
+
+def _update_lag(app: faust.App, topic: str) -> None:
+    """Consumer lag per assigned frames partition: log end offset - committed offset."""
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        with contextlib.suppress(Exception):
+            end = consumer.highwater(tp)
+            if end is not None:
+                LAG.labels(str(tp.partition)).set(max(0, end - (committed.get(tp) or 0)))
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,8 +1,12 @@
-"""Camera features from Feast, cached per camera with a TTL, read off the event loop.
+"""Feast on the worker's side: camera features read with a deadline, rows pushed in bulk.
 
-SQLite's online store has no async API, so reads run in an executor. When the store
-fails, a camera with a cached entry is served from it (status ``stale``) and one
+SQLite's online store has no async API, so every Feast call runs on one dedicated
+thread (the FeatureStore is not shared across threads). Reads are cached per camera
+with a TTL and never hold a batch longer than ``timeout_s``: when the store is slow or
+failing, a camera with a cached entry is served from it (status ``stale``) and one
 without gets no features (status ``missing``); predictions keep flowing either way.
+Pushes (camera activity, drift state) coalesce to the latest row per camera and source
+and go out on a timer, off the hot path; a failed push keeps its rows for the next one.
 """
 
 from __future__ import annotations
@@ -25,54 +29,151 @@ log = structlog.get_logger(__name__)
 FEATURE_READS = Counter(
     "camstream_worker_feature_reads_total", "Feast online reads by outcome", ["outcome"]
 )
+FEATURE_PUSHES = Counter(
+    "camstream_worker_feature_pushes_total",
+    "Feast push calls by source and outcome",
+    ["source", "outcome"],
+)
 
 Features = dict[str, Any]
+Row = dict[str, Any]
+
+
+class OnlineStore:
+    """One lazily opened FeatureStore, used only from the Feast thread; reopened after
+    a failure, since the store may come back as a new file."""
+
+    def __init__(self, repo: Path) -> None:
+        self._repo = repo
+        self._store: Any = None
+
+    def get(self) -> Any:
+        if self._store is None:
+            self._store = open_store(self._repo)
+        return self._store
+
+    def reset(self) -> None:
+        self._store = None
 
 
 class FeatureCache:
-    def __init__(self, repo: Path, ttl_s: float, executor: Executor) -> None:
-        self._repo = repo
+    def __init__(
+        self, store: OnlineStore, ttl_s: float, timeout_s: float, executor: Executor
+    ) -> None:
+        self._store = store
         self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
         self._executor = executor
-        self._store: Any = None
         self._entries: dict[str, tuple[Features, float]] = {}
+        self._reading: asyncio.Future[dict[str, Features]] | None = None
+
+    async def warm_up(self) -> None:
+        """Import feast and open the store (seconds, once) before the first batch, so the
+        first reads fit in their deadline; a store that is down now is not fatal."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._read, ["__warm_up__"])
+        except Exception as exc:
+            log.warning("feast.unavailable_at_start", error=repr(exc))
 
     def _read(self, camera_ids: list[str]) -> dict[str, Features]:
-        if self._store is None:
-            self._store = open_store(self._repo)
-        return camera_features(self._store, camera_ids)
+        try:
+            return camera_features(self._store.get(), camera_ids)
+        except Exception:
+            self._store.reset()
+            raise
+
+    def _stored(self, future: asyncio.Future[dict[str, Features]], read_at: float) -> None:
+        """Done-callback: a read that outlived its batch still fills the cache."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            FEATURE_READS.labels("error").inc()
+            log.warning("feast.read_failed", error=repr(exc))
+            return
+        FEATURE_READS.labels("ok").inc()
+        for cid, features in future.result().items():
+            self._entries[cid] = (features, read_at)
+
+    def _expired(self, cid: str, now: float) -> bool:
+        entry = self._entries.get(cid)
+        return entry is None or now - entry[1] > self._ttl_s
 
     async def get(self, camera_ids: Iterable[str]) -> dict[str, tuple[Features, Enrichment]]:
-        now = time.monotonic()
         wanted = set(camera_ids)
-        expired = sorted(
-            cid
-            for cid in wanted
-            if cid not in self._entries or now - self._entries[cid][1] > self._ttl_s
-        )
-        failed = False
+        now = time.monotonic()
+        expired = sorted(cid for cid in wanted if self._expired(cid, now))
         if expired:
-            loop = asyncio.get_running_loop()
+            if self._reading is None or self._reading.done():
+                loop = asyncio.get_running_loop()
+                reading = loop.run_in_executor(self._executor, self._read, expired)
+                reading.add_done_callback(lambda f, at=now: self._stored(f, at))
+                self._reading = reading
             try:
-                fresh = await loop.run_in_executor(self._executor, self._read, expired)
-            except Exception as exc:
-                failed = True
-                self._store = None  # reopen next time: the store may come back
-                FEATURE_READS.labels("error").inc()
-                log.warning("feast.read_failed", cameras=expired, error=repr(exc))
-            else:
-                FEATURE_READS.labels("ok").inc()
-                for cid, features in fresh.items():
-                    self._entries[cid] = (features, now)
+                await asyncio.wait_for(asyncio.shield(self._reading), self._timeout_s)
+            except TimeoutError:
+                FEATURE_READS.labels("timeout").inc()
+            except Exception:
+                pass  # counted and logged by the done-callback
+        now = time.monotonic()
         out: dict[str, tuple[Features, Enrichment]] = {}
         for cid in wanted:
             entry = self._entries.get(cid)
             if entry is None:
                 out[cid] = ({}, Enrichment.MISSING)
-            elif failed and cid in expired:
+            elif self._expired(cid, now):
                 out[cid] = (entry[0], Enrichment.STALE)
             elif all(value is None for value in entry[0].values()):
                 out[cid] = (entry[0], Enrichment.MISSING)  # camera not registered
             else:
                 out[cid] = (entry[0], Enrichment.OK)
         return out
+
+
+class FeaturePusher:
+    """Latest row per (push source, camera), pushed to the online store in one call per
+    source whenever ``flush`` runs; rows of a failed push wait for the next flush."""
+
+    def __init__(self, store: OnlineStore, executor: Executor) -> None:
+        self._store = store
+        self._executor = executor
+        self._pending: dict[str, dict[str, Row]] = {}
+
+    def offer(self, source: str, row: Row) -> None:
+        self._pending.setdefault(source, {})[str(row["camera_id"])] = row
+
+    def pending(self) -> int:
+        return sum(len(rows) for rows in self._pending.values())
+
+    def _push(self, batches: dict[str, list[Row]]) -> dict[str, BaseException | None]:
+        import pandas as pd
+        from feast.data_source import PushMode
+
+        outcome: dict[str, BaseException | None] = {}
+        for source, rows in batches.items():
+            try:
+                self._store.get().push(source, pd.DataFrame(rows), to=PushMode.ONLINE)
+            except Exception as exc:
+                self._store.reset()
+                outcome[source] = exc
+            else:
+                outcome[source] = None
+        return outcome
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        taken, self._pending = self._pending, {}
+        batches = {source: list(rows.values()) for source, rows in taken.items()}
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self._executor, self._push, batches)
+        for source, exc in outcome.items():
+            if exc is None:
+                FEATURE_PUSHES.labels(source, "ok").inc()
+                continue
+            FEATURE_PUSHES.labels(source, "error").inc()
+            log.warning("feast.push_failed", source=source, error=repr(exc))
+            newer = self._pending.setdefault(source, {})
+            for cid, row in taken[source].items():
+                newer.setdefault(cid, row)

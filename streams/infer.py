@@ -1,8 +1,8 @@
 """Classification through Triton over async gRPC.
 
 One request carries a micro-batch (uint8 NHWC; the model normalises on the server, so
-the wire carries 150 KB per image instead of 600 KB). Transient failures are retried
-with exponential backoff until the call's deadline.
+the wire carries 150 KB per image instead of 600 KB). Every call has a deadline; the
+worker retries failed batches with backoff behind a circuit breaker.
 """
 
 from __future__ import annotations
@@ -10,12 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential_jitter
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
@@ -57,25 +52,23 @@ class TritonClassifier:
         return self.model_ref
 
     async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """Probabilities [N, classes] for a batch of RGB uint8 [N, 224, 224, 3] images."""
+        """Probabilities [N, classes] for a batch of RGB uint8 [N, 224, 224, 3] images.
+
+        One attempt, bounded by the timeout; the caller (streams.worker) owns retries,
+        backoff and the circuit breaker, so that an outage pauses consumption instead
+        of piling retries up here.
+        """
         request = InferInput(INPUT, list(images.shape), "UINT8")
         request.set_data_from_numpy(images)
         outputs = [InferRequestedOutput(OUTPUT)]
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(InferenceServerException),
-                stop=stop_after_delay(self._timeout_s),
-                wait=wait_exponential_jitter(initial=0.05, max=1.0),
-                reraise=True,
-            ):
-                with attempt:
-                    result = await self._client.infer(
-                        self._model,
-                        [request],
-                        model_version=self._version,
-                        outputs=outputs,
-                        client_timeout=self._timeout_s,
-                    )
+            result = await self._client.infer(
+                self._model,
+                [request],
+                model_version=self._version,
+                outputs=outputs,
+                client_timeout=self._timeout_s,
+            )
         except InferenceServerException as exc:
             raise InferenceError(f"Triton failed on a batch of {len(images)}: {exc}") from exc
         probs = result.as_numpy(OUTPUT)

@@ -46,7 +46,9 @@ class PreparedFrame:
 
 
 def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) -> FrameHeaders:
-    """Check headers, size and the JPEG's own declared dimensions before any decoding."""
+    """Check headers, size, the end marker and the JPEG's own declared dimensions before
+    any decoding: a small JPEG that declares 50000x50000 never reaches the decoder, so a
+    decode allocates at most max_pixels x 3 bytes (less: it runs at reduced scale)."""
     try:
         parsed = FrameHeaders.from_kafka(dict(headers))
     except FrameHeaderError as exc:
@@ -61,6 +63,9 @@ def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) 
         width, height = jpeg_dimensions(value)
     except ImageError as exc:
         raise FrameRejected(exc.kind, str(exc)) from exc
+    if not value.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        # libjpeg would fill a cut-off scan with grey and classify half a frame.
+        raise FrameRejected("truncated_jpeg", "JPEG has no end-of-image marker: truncated")
     if width * height > limits.max_pixels:
         raise FrameRejected(
             "too_many_pixels",

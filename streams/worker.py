@@ -1,9 +1,15 @@
-"""The work done on one micro-batch of frames, between the agent and the topics.
+"""The work done on micro-batches of frames, between the agent and the topics.
 
-Validation is inline (cheap, header-only); decoding runs in a thread pool (OpenCV
-releases the GIL); inference is one async gRPC call per batch; enrichment reads a
-per-camera cache. The batch's records are all acknowledged by Kafka before this
-returns, and only then does Faust ack (and later commit) the frames.
+Each micro-batch runs as its own task, up to ``pipeline_depth`` at once, so the decode
+of one batch overlaps the inference of the one before it. Batches publish strictly in
+the order they were taken (per-camera order holds), and a batch's frames are acked
+(``on_published``) only once everything they produced is acknowledged by Kafka.
+
+Per batch: validate (headers, size, declared dimensions: no pixel is decoded before),
+skip stale frames, decode in a thread pool (OpenCV releases the GIL), classify through
+Triton (``infer_inflight`` concurrent requests, retried with backoff behind a circuit
+breaker, so an outage stalls the agent and Kafka keeps the backlog), enrich from the
+feature cache, publish predictions, drift records and dead letters.
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from camstream.records import FrameHeaders, Latency, Prediction
+from camstream.records import DriftRecord, FrameHeaders, Latency, Prediction
 from camstream.settings import Settings
-from streams.drift import DriftMonitor, ReferenceProfile, Thresholds
-from streams.enrich import FeatureCache
+from streams.activity import ACTIVITY_PUSH_SOURCE, ActivityTracker
+from streams.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from streams.drift import (
+    DRIFT_PUSH_SOURCE,
+    DriftMonitor,
+    drift_feature_row,
+)
+from streams.enrich import FeatureCache, FeaturePusher, OnlineStore
 from streams.infer import InferenceError, TritonClassifier
 from streams.pipeline import (
     FrameRejected,
@@ -41,17 +53,31 @@ from streams.pipeline import (
 log = structlog.get_logger(__name__)
 
 CONSUMED = Counter("camstream_worker_frames_consumed_total", "Frames read from Kafka")
+DECODED = Counter("camstream_worker_frames_decoded_total", "Frames decoded to model input")
+STALE = Counter(
+    "camstream_worker_frames_stale_total",
+    "Frames skipped as older than max_frame_age_s",
+    ["camera"],
+)
 PREDICTED = Counter("camstream_worker_predictions_total", "Predictions published", ["camera"])
 DLQ = Counter("camstream_worker_dlq_total", "Frames sent to the DLQ", ["kind"])
 DRIFT = Counter("camstream_worker_drift_records_total", "Drift records", ["camera", "drift"])
+TRITON_FAILURES = Counter(
+    "camstream_worker_triton_failures_total",
+    "Failed or refused Triton batch attempts",
+    ["reason"],
+)
 BATCH = Histogram(
     "camstream_worker_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
+INFLIGHT_BATCHES = Gauge("camstream_worker_inflight_batches", "Micro-batches being processed")
+INFLIGHT_REQUESTS = Gauge("camstream_worker_inflight_requests", "Triton requests in flight")
+BREAKER = Gauge("camstream_worker_breaker_state", "Triton breaker: 0 closed, 1 half-open, 2 open")
 STAGE = Histogram(
     "camstream_worker_stage_seconds",
-    "Time per stage per batch",
+    "Time per stage: queue per frame (Kafka timestamp to worker), the others per batch",
     ["stage"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 E2E = Histogram(
     "camstream_worker_end_to_end_seconds",
@@ -71,6 +97,7 @@ class FrameEvent(Protocol):
 
 
 Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]] | None], Awaitable[Any]]
+OnPublished = Callable[[Sequence[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,18 @@ class Topics:
     predictions: str
     drift: str
     dlq: str
+
+
+@dataclass
+class Batch:
+    """One micro-batch on its way through: frames to classify, and what goes out."""
+
+    events: Sequence[FrameEvent]
+    received: float
+    frames: list[tuple[FrameEvent, PreparedFrame]]
+    rejected: list[tuple[FrameEvent, FrameRejected]]
+    decode_s: float = 0.0
+    infer_s: float = 0.0
 
 
 def _ms(seconds: float) -> float:
@@ -93,105 +132,212 @@ class BatchProcessor:
         self.labels = load_labels(settings.labels_path)
         self.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self.feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
+        store = OnlineStore(settings.feast_repo_path)
         self.features = FeatureCache(
-            settings.feast_repo_path, settings.feature_cache_ttl_s, self.feast_pool
+            store, settings.feature_cache_ttl_s, settings.feature_timeout_s, self.feast_pool
         )
+        self.pusher = FeaturePusher(store, self.feast_pool)
+        self.activity = ActivityTracker(settings.activity_window_s)
         self.classifier = TritonClassifier(
             settings.triton_grpc,
             settings.model_name,
             settings.model_version,
             settings.infer_timeout_s,
         )
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.drift = DriftMonitor(
-            ReferenceProfile.load(settings.reference_profile_path),
-            Thresholds(
-                psi=settings.drift_psi_threshold,
-                js=settings.drift_js_threshold,
-                ks_pvalue=settings.drift_ks_pvalue,
-                confidence_shift=settings.drift_confidence_shift,
-            ),
-            settings.drift_window_frames,
-            self.classifier.model_ref,
-            self.worker_id,
-        )
+        self.drift = DriftMonitor.from_settings(settings, self.classifier.model_ref, self.worker_id)
+        self._slots = asyncio.Semaphore(settings.pipeline_depth)
+        self._tail: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._stopping = False
         self._started = False
 
     async def start(self) -> None:
-        """Wait for Triton's model (once; later calls return at once)."""
+        """Wait for Triton's model and open Feast (once; later calls return at once)."""
         if not self._started:
             self.drift.model = await self.classifier.connect()
+            await self.features.warm_up()
             self._started = True
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the batches in flight to publish (or give up after ``timeout_s``)."""
+        if self._tail is not None and not self._tail.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._tail), timeout_s)
+            except Exception as exc:
+                log.warning("worker.drain_incomplete", error=repr(exc))
+
     async def stop(self) -> None:
+        self._stopping = True
+        await self.drain(timeout_s=5.0)
+        try:
+            await asyncio.wait_for(self.flush_features(), 5.0)
+        except Exception as exc:
+            log.warning("feast.final_push_failed", error=repr(exc))
+        self.drift.checkpoint()
         await self.classifier.close()
         self.decode_pool.shutdown(wait=True)
-        self.feast_pool.shutdown(wait=True)
+        self.feast_pool.shutdown(wait=False, cancel_futures=True)
+
+    # The pipeline ---------------------------------------------------------------------
+
+    async def submit(self, events: Sequence[FrameEvent], on_published: OnPublished) -> None:
+        """Start one micro-batch; returns once a pipeline slot is free for the next."""
+        if self._failure is not None:
+            raise RuntimeError("a micro-batch failed to publish") from self._failure
+        await self._slots.acquire()
+        INFLIGHT_BATCHES.inc()
+        self._tail = asyncio.create_task(self._run(events, self._tail, on_published))
 
     async def process(self, events: Sequence[FrameEvent]) -> None:
+        """One micro-batch, start to finish (tests and tools; the agent uses submit)."""
+
+        async def published(_events: Sequence[Any]) -> None:
+            return None
+
+        await self.submit(events, published)
+        assert self._tail is not None
+        await self._tail
+
+    async def _run(
+        self,
+        events: Sequence[FrameEvent],
+        previous: asyncio.Task[None] | None,
+        on_published: OnPublished,
+    ) -> None:
+        try:
+            batch = await self._prepare(events)
+            probs = await self._classify_batch(batch)
+            cameras = {frame.headers.camera_id for _event, frame in batch.frames}
+            started = time.perf_counter()
+            features = await self.features.get(cameras) if cameras else {}
+            enrich_s = time.perf_counter() - started
+            STAGE.labels("enrich").observe(enrich_s)
+            if previous is not None:
+                await asyncio.wait([previous])  # publish in the order batches were taken
+            started = time.perf_counter()
+            await self._publish(batch, probs, features, enrich_s)
+            STAGE.labels("publish").observe(time.perf_counter() - started)
+            await on_published(events)
+        except BaseException as exc:
+            self._failure = exc
+            log.exception("worker.batch_failed", frames=len(events))
+            raise
+        finally:
+            INFLIGHT_BATCHES.dec()
+            self._slots.release()
+
+    async def _prepare(self, events: Sequence[FrameEvent]) -> Batch:
         received = time.time()
         CONSUMED.inc(len(events))
-        pending: list[Awaitable[Any]] = []
+        max_age_ms = self.settings.max_frame_age_s * 1000.0
         valid: list[tuple[FrameEvent, FrameHeaders]] = []
+        batch = Batch(events, received, [], [])
         for event in events:
+            produced_s = event.message.timestamp
+            if produced_s:
+                STAGE.labels("queue").observe(max(0.0, received - float(produced_s)))
             try:
-                valid.append((event, validate(event.headers or {}, event.value, self.limits)))
+                headers = validate(event.headers or {}, event.value, self.limits)
             except FrameRejected as exc:
-                pending.append(self._dead_letter(event, exc))
-
+                batch.rejected.append((event, exc))
+                continue
+            if max_age_ms and received * 1000.0 - headers.capture_ts_ms > max_age_ms:
+                STALE.labels(headers.camera_id).inc()
+                continue
+            valid.append((event, headers))
+        if not valid:
+            return batch
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(self.decode_pool, prepare, h, e.value) for e, h in valid),
             return_exceptions=True,
         )
-        decode_s = time.perf_counter() - started
-        STAGE.labels("decode").observe(decode_s)
-        frames: list[tuple[FrameEvent, PreparedFrame]] = []
+        batch.decode_s = time.perf_counter() - started
+        STAGE.labels("decode").observe(batch.decode_s)
         for (event, _headers), result in zip(valid, decoded, strict=True):
             if isinstance(result, FrameRejected):
-                pending.append(self._dead_letter(event, result))
+                batch.rejected.append((event, result))
+            elif isinstance(result, Exception):
+                batch.rejected.append((event, FrameRejected("decode_error", repr(result))))
             elif isinstance(result, BaseException):
-                pending.append(
-                    self._dead_letter(event, FrameRejected("decode_error", repr(result)))
-                )
+                raise result
             else:
-                frames.append((event, result))
+                batch.frames.append((event, result))
+        DECODED.inc(len(batch.frames))
+        return batch
 
-        if frames:
-            pending += await self._classify_and_publish(frames, received, decode_s)
-        # Nothing is acknowledged before everything it produced is in Kafka.
-        await asyncio.gather(*pending)
+    async def _classify_batch(self, batch: Batch) -> np.ndarray:
+        if not batch.frames:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        images = np.stack([frame.image for _event, frame in batch.frames])
+        BATCH.observe(len(images))
+        started = time.perf_counter()
+        probs = await self._classify(images)
+        batch.infer_s = time.perf_counter() - started
+        STAGE.labels("infer").observe(batch.infer_s)
+        return probs
 
-    async def _classify_and_publish(
+    async def _classify(self, images: np.ndarray) -> np.ndarray:
+        """Classify, waiting out a Triton outage: consumption pauses, nothing is lost.
+
+        The batch goes as ``infer_inflight`` concurrent requests, so every Triton model
+        instance has work and the dynamic batcher regroups them as it sees fit. Failed
+        attempts back off exponentially (capped); the breaker stops all batches from
+        hammering a server that is down, and lets one trial through now and then.
+        """
+        parts = min(self.settings.infer_inflight, len(images))
+        delay = 0.1
+        while True:
+            try:
+                self.breaker.before_call()
+            except CircuitOpen:
+                TRITON_FAILURES.labels("breaker_open").inc()
+                BREAKER.set(int(self.breaker.state))
+                await asyncio.sleep(max(self.breaker.retry_in(), 0.05))
+                continue
+            try:
+                INFLIGHT_REQUESTS.inc(parts)
+                try:
+                    chunks = np.array_split(images, parts) if parts > 1 else [images]
+                    results = await asyncio.gather(*(self.classifier.classify(c) for c in chunks))
+                finally:
+                    INFLIGHT_REQUESTS.dec(parts)
+            except InferenceError as exc:
+                self.breaker.record_failure()
+                BREAKER.set(int(self.breaker.state))
+                TRITON_FAILURES.labels("error").inc()
+                log.warning("triton.unavailable", error=str(exc)[:300], retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.triton_retry_max_s)
+                continue
+            if self.breaker.state is not BreakerState.CLOSED:
+                log.info("triton.recovered")
+            self.breaker.record_success()
+            BREAKER.set(0)
+            return np.concatenate(results) if len(results) > 1 else results[0]
+
+    async def _publish(
         self,
-        frames: list[tuple[FrameEvent, PreparedFrame]],
-        received: float,
-        decode_s: float,
-    ) -> list[Awaitable[Any]]:
-        batch = np.stack([frame.image for _event, frame in frames])
-        BATCH.observe(len(frames))
-        started = time.perf_counter()
-        probs = await self._classify(batch)
-        infer_s = time.perf_counter() - started
-        STAGE.labels("infer").observe(infer_s)
-
-        started = time.perf_counter()
-        cameras = {frame.headers.camera_id for _event, frame in frames}
-        features = await self.features.get(cameras)
-        enrich_s = time.perf_counter() - started
-        STAGE.labels("enrich").observe(enrich_s)
-
+        batch: Batch,
+        probs: np.ndarray,
+        features: dict[str, Any],
+        enrich_s: float,
+    ) -> None:
         pending: list[Awaitable[Any]] = []
+        for event, exc in batch.rejected:
+            pending.append(await self._dead_letter(event, exc))
         model = self.classifier.model_ref
-        for (event, frame), row in zip(frames, probs, strict=True):
+        for (event, frame), row in zip(batch.frames, probs, strict=True):
             h = frame.headers
             camera_features, status = features[h.camera_id]
             threshold = threshold_for(camera_features, self.settings.default_threshold)
             top = top_k(row, self.labels, self.settings.top_k)
             label, score = decide(top, threshold)
             now_ms = time.time_ns() // 1_000_000
-            produced_s = float(event.message.timestamp or received)
+            produced_s = float(event.message.timestamp or batch.received)
             prediction = Prediction(
                 dedup_key=f"{h.camera_id}:{h.seq}",
                 camera_id=h.camera_id,
@@ -205,58 +351,56 @@ class BatchProcessor:
                 features=camera_features,
                 enrichment=status,
                 latency=Latency(
-                    queue_ms=_ms(max(0.0, received - produced_s)),
-                    decode_ms=_ms(decode_s),
-                    infer_ms=_ms(infer_s),
+                    queue_ms=_ms(max(0.0, batch.received - produced_s)),
+                    decode_ms=_ms(batch.decode_s),
+                    infer_ms=_ms(batch.infer_s),
                     enrich_ms=_ms(enrich_s),
                     end_to_end_ms=float(max(0, now_ms - h.capture_ts_ms)),
                 ),
                 worker=self.worker_id,
                 published_ts_ms=now_ms,
             )
+            key = h.camera_id.encode()
             pending.append(
-                await self.send(
-                    self.topics.predictions, h.camera_id.encode(), prediction.to_json_bytes(), None
-                )
+                await self.send(self.topics.predictions, key, prediction.to_json_bytes(), None)
             )
             PREDICTED.labels(h.camera_id).inc()
             E2E.observe(prediction.latency.end_to_end_ms / 1000.0)
-            pending += await self._observe_drift(frame, top[0].label, top[0].score)
-        return pending
+            self.activity.observe(h.camera_id, h.capture_ts_ms, label, score)
+            records = self.drift.observe(
+                h.camera_id,
+                h.capture_ts_ms,
+                top[0].label,
+                top[0].score,
+                frame.stats,
+                received_ms=now_ms,
+            )
+            pending += await self.publish_drift(records)
+        # Nothing is acknowledged before everything it produced is in Kafka.
+        await asyncio.gather(*pending)
 
-    async def _classify(self, batch: np.ndarray) -> np.ndarray:
-        """Classify, waiting out a Triton outage: consumption pauses, nothing is lost.
-
-        The batch goes as ``infer_inflight`` concurrent requests, so every Triton model
-        instance has work and the dynamic batcher regroups them as it sees fit.
-        """
-        parts = min(self.settings.infer_inflight, len(batch))
-        delay = 0.5
-        while True:
-            try:
-                if parts == 1:
-                    return await self.classifier.classify(batch)
-                chunks = np.array_split(batch, parts)
-                results = await asyncio.gather(*(self.classifier.classify(c) for c in chunks))
-                return np.concatenate(results)
-            except InferenceError as exc:
-                log.warning("triton.unavailable", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def _observe_drift(
-        self, frame: PreparedFrame, label: str, score: float
-    ) -> list[Awaitable[Any]]:
-        h = frame.headers
+    async def publish_drift(self, records: list[DriftRecord]) -> list[Awaitable[Any]]:
+        """Send drift records (and queue their Feast rows); returns the send futures."""
         pending = []
-        for record in self.drift.observe(h.camera_id, h.capture_ts_ms, label, score, frame.stats):
+        for record in records:
             DRIFT.labels(record.camera_id, str(record.drift).lower()).inc()
             log.info(
                 "drift.window", camera=record.camera_id, drift=record.drift, reasons=record.reasons
             )
             key = record.camera_id.encode()
             pending.append(await self.send(self.topics.drift, key, record.to_json_bytes(), None))
+            self.pusher.offer(DRIFT_PUSH_SOURCE, drift_feature_row(record))
         return pending
+
+    async def tick(self, now_ms: int) -> None:
+        """Time-based work, once a second: drift windows due by time."""
+        await asyncio.gather(*await self.publish_drift(self.drift.tick(now_ms)))
+
+    async def flush_features(self) -> None:
+        """Push the changed cameras' activity and drift rows to Feast (off the loop)."""
+        for row in self.activity.rows(time.time_ns() // 1_000_000):
+            self.pusher.offer(ACTIVITY_PUSH_SOURCE, row)
+        await self.pusher.flush()
 
     async def _dead_letter(self, event: FrameEvent, exc: FrameRejected) -> Any:
         DLQ.labels(exc.kind).inc()
@@ -270,5 +414,4 @@ class BatchProcessor:
         )
         out = [(k, v) for k, v in headers.items() if k not in ("error-kind", "error-message")]
         out += [("error-kind", exc.kind.encode()), ("error-message", str(exc).encode())]
-        fut = await self.send(self.topics.dlq, event.message.key, event.value or b"", out)
-        return await fut
+        return await self.send(self.topics.dlq, event.message.key, event.value or b"", out)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from camstream.imaging import image_statistics, to_model_input
+from camstream.imaging import FINGERPRINT, image_statistics, to_model_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -57,7 +57,8 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_profile(model_dir: Path, version: str, sources: list[Path], count: int) -> dict:
+def load_model(model_dir: Path, version: str) -> tuple[Path, list[str], ort.InferenceSession]:
+    """The exported ONNX model of one version, its label names and a CPU session."""
     onnx_path = model_dir / version / "model.onnx"
     labels_path = model_dir / "labels.txt"
     if not onnx_path.is_file() or not labels_path.is_file():
@@ -66,6 +67,18 @@ def build_profile(model_dir: Path, version: str, sources: list[Path], count: int
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return onnx_path, labels, session
+
+
+def classify(session: ort.InferenceSession, rgb: np.ndarray) -> tuple[int, float]:
+    """Top-1 class index and probability of one 224x224 RGB model input."""
+    probs = session.run(["PROBS"], {"IMAGE": rgb[None]})[0][0]
+    best = int(np.argmax(probs))
+    return best, float(probs[best])
+
+
+def build_profile(model_dir: Path, version: str, sources: list[Path], count: int) -> dict:
+    onnx_path, labels, session = load_model(model_dir, version)
 
     top1: Counter[str] = Counter()
     confidence: list[float] = []
@@ -73,17 +86,18 @@ def build_profile(model_dir: Path, version: str, sources: list[Path], count: int
     for source in sources:
         for image in sample_frames(source, count):
             rgb = to_model_input(image)
-            probs = session.run(["PROBS"], {"IMAGE": rgb[None]})[0][0]
-            best = int(np.argmax(probs))
+            best, score = classify(session, rgb)
             top1[labels[best]] += 1
-            confidence.append(round(float(probs[best]), 6))
+            confidence.append(round(score, 6))
             for name, value in image_statistics(rgb).items():
-                stats.setdefault(name, []).append(round(value, 4))
+                if name != FINGERPRINT:  # an identity, not a distribution
+                    stats.setdefault(name, []).append(round(value, 6))
     total = sum(top1.values())
     if total == 0:
         raise SystemExit("baseline: the calibration set yielded no frames")
     digest = hashlib.sha256()
     digest.update(file_hash(onnx_path).encode())
+    digest.update(",".join(sorted(stats)).encode())  # another statistic set: another profile
     for source in sources:
         digest.update(source.name.encode())
     return {

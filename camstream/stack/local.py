@@ -8,8 +8,10 @@ stopped, in reverse order, by ``stop()``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -93,17 +95,20 @@ class LocalStack:
         settings: Settings,
         cameras: list[CameraSpec] | None = None,
         worker_env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
+        self.worker_count = workers
         self.state_dir = settings.state_dir.resolve()
         self.logs_dir = self.state_dir / "logs"
         self.kafka: KafkaBroker | None = None
         self.triton: TritonServer | None = None
-        self.worker: ManagedProcess | None = None
+        self.workers: list[ManagedProcess] = []
         self.producer: ManagedProcess | None = None
         self.info: StackInfo | None = None
+        self._triton_paused = False
 
     # Start ----------------------------------------------------------------------------
 
@@ -160,16 +165,21 @@ class LocalStack:
             },
             pids={"kafka": self.kafka.pid, "triton": self.triton.pid},
         )
-        # Producers start once the worker can take frames, so none wait in a backlog.
-        self.worker = self._spawn(
-            "worker", ["worker"], ready_metric="camstream_worker_assigned 1.0"
-        )
+        # Producers start once the workers can take frames, so none wait in a backlog.
+        for _ in range(self.worker_count):
+            self.add_worker()
         if self.cameras:
             cameras_file = self.state_dir / "cameras.yaml"
             dump_cameras(self.cameras, cameras_file)
             self.producer = self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
 
-    def _spawn(self, name: str, args: list[str], ready_metric: str = "") -> ManagedProcess:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        ready_metric: str = "",
+        extra_env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
         assert self.info is not None
         port = free_port()
         env = dict(os.environ)
@@ -177,6 +187,7 @@ class LocalStack:
         env["CAMSTREAM_METRICS_PORT"] = str(port)
         env["CAMSTREAM_LOG_LEVEL"] = self.settings.log_level
         env.update(self.worker_env)
+        env.update(extra_env or {})
         log_path = self.logs_dir / f"{name}.log"
         process = ManagedProcess(
             name, [sys.executable, "-m", "camstream", *args], log_path, env=env, stop_timeout_s=20
@@ -186,6 +197,62 @@ class LocalStack:
         self.info.logs[name] = str(log_path)
         self.info.pids[name] = process.pid
         return process
+
+    # Workers and faults (scale-out and the fault tests) ------------------------------
+
+    @property
+    def worker(self) -> ManagedProcess | None:
+        """The first worker (most stacks run one)."""
+        return self.workers[0] if self.workers else None
+
+    def _worker_name(self, index: int) -> str:
+        return "worker" if index == 0 else f"worker-{index + 1}"
+
+    def _start_worker(self, index: int) -> ManagedProcess:
+        name = self._worker_name(index)
+        return self._spawn(
+            name,
+            ["worker"],
+            ready_metric="camstream_worker_assigned 1.0",
+            extra_env={"CAMSTREAM_WORKER_DATA_DIR": str(self.state_dir / name)},
+        )
+
+    def add_worker(self) -> ManagedProcess:
+        """Start one more worker in the group; returns once it has joined."""
+        process = self._start_worker(len(self.workers))
+        self.workers.append(process)
+        if self.info is not None and len(self.workers) > 1:
+            self._write_state()
+        return process
+
+    def kill_worker(self, index: int = 0) -> None:
+        """SIGKILL a worker (no flush, no commit): what a crash or an OOM kill does."""
+        process = self.workers[index]
+        process.signal(signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            process.stop()
+
+    def restart_worker(self, index: int = 0) -> ManagedProcess:
+        """Start a stopped or killed worker again under the same name."""
+        self.workers[index].stop()
+        self.workers[index] = self._start_worker(index)
+        return self.workers[index]
+
+    def worker_metrics(self, index: int = 0) -> str:
+        assert self.info is not None
+        return _scrape(self.info.metrics_ports[self._worker_name(index)])
+
+    def pause_triton(self) -> None:
+        """Freeze the Triton server (SIGSTOP to its process group): connections hang
+        and every request times out, the way a stuck or unreachable server behaves."""
+        assert self.triton is not None
+        os.killpg(self.triton.pid, signal.SIGSTOP)
+        self._triton_paused = True
+
+    def resume_triton(self) -> None:
+        assert self.triton is not None
+        os.killpg(self.triton.pid, signal.SIGCONT)
+        self._triton_paused = False
 
     def _write_state(self) -> None:
         assert self.info is not None
@@ -197,8 +264,11 @@ class LocalStack:
     # Stop -----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop producers first (they flush), then the worker (it commits), then servers."""
-        for service in (self.producer, self.worker, self.triton, self.kafka):
+        """Stop producers first (they flush), then workers (they commit), then servers."""
+        if self._triton_paused:
+            with contextlib.suppress(Exception):
+                self.resume_triton()
+        for service in (self.producer, *self.workers, self.triton, self.kafka):
             if service is None:
                 continue
             try:

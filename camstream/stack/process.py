@@ -5,6 +5,7 @@ file, waited on until ready, and stopped with SIGTERM then SIGKILL so none outli
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,17 @@ log = structlog.get_logger(__name__)
 
 class ServiceError(RuntimeError):
     """A service of the local stack failed to start; the message says which and why."""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the launcher dies, so a
+    launcher killed with SIGKILL leaves no service behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -66,6 +78,7 @@ class ManagedProcess:
                 env=dict(self.env) if self.env is not None else None,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (only prctl; async-signal-safe)
             )
         log.info("process.started", service=self.name, pid=self._popen.pid, log=str(self.log_path))
         return self

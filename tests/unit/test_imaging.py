@@ -87,3 +87,21 @@ def test_statistics_move_in_the_expected_direction() -> None:
     dark = (image // 3).astype(np.uint8)
     assert image_statistics(dark)["brightness"] < image_statistics(image)["brightness"]
     assert image_statistics(dark)["contrast"] < image_statistics(image)["contrast"]
+
+
+def test_fingerprint_is_equal_for_identical_frames_only() -> None:
+    # Given a frame, a copy of it and the same frame with one pixel changed
+    image = to_model_input(_gradient(640, 480))
+    changed = image.copy()
+    changed[100, 100] = (changed[100, 100].astype(int) + 40) % 256
+    # Then only the identical copy shares the fingerprint
+    fingerprint = image_statistics(image)["fingerprint"]
+    assert image_statistics(image.copy())["fingerprint"] == fingerprint
+    assert image_statistics(changed)["fingerprint"] != fingerprint
+    assert float(int(fingerprint)) == fingerprint  # exact in a float
+
+
+def test_black_frame_has_all_pixels_crushed() -> None:
+    black = np.zeros((224, 224, 3), dtype=np.uint8)
+    stats = image_statistics(black)
+    assert stats["dark_fraction"] == 1.0 and stats["bright_fraction"] == 0.0

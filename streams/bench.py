@@ -1,0 +1,334 @@
+"""`camstream bench pipeline`: the real stack's throughput and latency, beside what a user
+would otherwise write, measured in one run.
+
+Figures, each the median over ``rounds`` rounds that run interleaved (so the machine's
+noise falls on all of them alike):
+
+- baseline_fps: one in-process loop decoding, preprocessing (camstream.imaging) and
+  classifying with the same ONNX model in onnxruntime, batch 1, on ``threads`` threads
+  (streams.bench_baseline, in the model environment).
+- triton_fps: bare Triton, the same model input sent over async gRPC, as many
+  requests in flight as the worker keeps.
+- pipeline_fps: frames through the whole stack (Kafka -> worker -> Triton -> Feast ->
+  predictions), a backlog of pre-encoded JPEG frames (real video) published at once:
+  from the first frame sent to the last prediction published.
+- At ``load`` x pipeline_fps, paced over ``cameras`` cameras for ``latency_s``: the
+  end-to-end latency (capture to prediction published) percentiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from camstream.imaging import encode_jpeg, jpeg_dimensions, jpeg_to_model_input
+from camstream.records import FrameHeaders
+from camstream.settings import REPO_ROOT, Settings
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    cameras: int = 4
+    frames: int = 480
+    rounds: int = 3
+    latency_s: float = 20.0
+    load: float = 0.7
+    threads: int = 2
+    distinct_frames: int = 120
+
+
+def _video_frames(video: Path, count: int) -> list[bytes]:
+    """Pre-encoded JPEG frames of a real video (encoding is not what we measure)."""
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    try:
+        while len(frames) < count:
+            ok, image = capture.read()
+            if not ok:
+                break
+            frames.append(encode_jpeg(image, 85))
+    finally:
+        capture.release()
+    if not frames:
+        raise RuntimeError(f"no frames could be read from {video}")
+    return frames
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
+
+
+class _Predictions:
+    """Reads the (fresh stack's) predictions topic from its start, in a thread."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self.records: list[dict[str, Any]] = []
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.halt.is_set():
+            msg = self.consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                self.records.append(json.loads(msg.value()))
+
+    def wait_for(self, prefix: str, count: int, timeout_s: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            mine = [r for r in self.records if r["camera_id"].startswith(prefix)]
+            if len(mine) >= count:
+                return mine
+            time.sleep(0.05)
+        raise RuntimeError(f"only {len(mine)} of {count} predictions for {prefix} arrived")
+
+    def close(self) -> None:
+        self.halt.set()
+        self.thread.join(5)
+        self.consumer.close()
+
+
+def _publish(
+    producer: Producer,
+    topic: str,
+    frames: list[bytes],
+    sizes: list[tuple[int, int]],
+    cameras: list[str],
+    count: int,
+    rate: float | None,
+) -> None:
+    """``count`` frames round-robin over ``cameras``; at ``rate`` frames/s, or at once."""
+    started = time.perf_counter()
+    seqs = dict.fromkeys(cameras, 0)
+    for i in range(count):
+        if rate:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        camera = cameras[i % len(cameras)]
+        seqs[camera] += 1
+        width, height = sizes[i % len(frames)]
+        meta = FrameHeaders(camera, seqs[camera], time.time_ns() // 1_000_000, width, height)
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    value=frames[i % len(frames)],
+                    key=camera.encode(),
+                    headers=meta.to_kafka(),
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(30)
+
+
+async def _bare_triton(
+    address: str, model: str, images: np.ndarray, batch: int, inflight: int
+) -> float:
+    from tritonclient.grpc import InferInput
+    from tritonclient.grpc.aio import InferenceServerClient
+
+    client = InferenceServerClient(url=address)
+    chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    queue: asyncio.Queue[np.ndarray] = asyncio.Queue()
+    for chunk in chunks:
+        queue.put_nowait(chunk)
+
+    async def worker() -> None:
+        while not queue.empty():
+            chunk = queue.get_nowait()
+            request = InferInput("IMAGE", list(chunk.shape), "UINT8")
+            request.set_data_from_numpy(chunk)
+            await client.infer(model, [request])
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        return len(images) / (time.perf_counter() - started)
+    finally:
+        await client.close()
+
+
+def _baseline(model_env_python: Path, model: Path, frames_dir: Path, threads: int) -> float:
+    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS=str(threads))
+    result = subprocess.run(
+        [
+            str(model_env_python),
+            "-m",
+            "streams.bench_baseline",
+            "--model",
+            str(model),
+            "--frames",
+            str(frames_dir),
+            "--threads",
+            str(threads),
+            "--rounds",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"baseline failed:\n{result.stderr[-2000:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["fps"])
+
+
+def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
+    from camstream.stack.local import LocalStack
+    from camstream.stack.setup import prepare
+    from camstream.stack.triton import locate_model_env
+
+    prepared = prepare(settings)
+    frames = _video_frames(prepared.assets.vtest_video, config.distinct_frames)
+    sizes = [jpeg_dimensions(f) for f in frames]
+    images = np.stack(
+        [jpeg_to_model_input(f, w, h) for f, (w, h) in zip(frames, sizes, strict=True)]
+    )
+    bare_images = np.concatenate([images] * max(1, config.frames // len(images)))
+    model_onnx = settings.model_repo / settings.model_name / "1" / "model.onnx"
+    env = locate_model_env()
+    with tempfile.TemporaryDirectory(prefix="camstream-bench-") as tmp:
+        frames_dir = Path(tmp) / "frames"
+        frames_dir.mkdir()
+        for i, jpeg in enumerate(frames):
+            (frames_dir / f"{i:04d}.jpg").write_bytes(jpeg)
+        stack_settings = settings.model_copy(update={"state_dir": Path(tmp) / "state"})
+        stack = LocalStack(stack_settings)
+        info = stack.start()
+        producer = Producer(
+            {"bootstrap.servers": info.kafka_bootstrap, "linger.ms": 5, "acks": "all"}
+        )
+        reader = _Predictions(
+            info.kafka_bootstrap, settings.predictions_topic, settings.topic_partitions
+        )
+        batch = max(1, settings.batch_max // settings.infer_inflight)
+        inflight = settings.infer_inflight * settings.pipeline_depth
+        baseline, bare, pipeline = [], [], []
+        try:
+            # Warm the path (first batches pay connection set-up and caches).
+            warm = [f"warm-{i}" for i in range(config.cameras)]
+            _publish(producer, settings.frames_topic, frames, sizes, warm, 40, None)
+            reader.wait_for("warm-", 40, 120)
+            for r in range(config.rounds):
+                baseline.append(_baseline(env.bin_dir / "python", model_onnx, frames_dir, 2))
+                bare.append(
+                    asyncio.run(
+                        _bare_triton(
+                            info.triton_grpc, settings.model_name, bare_images, batch, inflight
+                        )
+                    )
+                )
+                prefix = f"max{r}-"
+                cameras = [f"{prefix}{i}" for i in range(config.cameras)]
+                started_ms = time.time_ns() // 1_000_000
+                _publish(
+                    producer, settings.frames_topic, frames, sizes, cameras, config.frames, None
+                )
+                done = reader.wait_for(prefix, config.frames, 300)
+                last_ms = max(p["published_ts_ms"] for p in done)
+                pipeline.append(config.frames / ((last_ms - started_ms) / 1000))
+            max_fps = statistics.median(pipeline)
+            rate = config.load * max_fps
+            count = int(rate * config.latency_s)
+            cameras = [f"load-{i}" for i in range(config.cameras)]
+            _publish(producer, settings.frames_topic, frames, sizes, cameras, count, rate)
+            loaded = reader.wait_for("load-", count, 120)
+            e2e = [float(p["latency"]["end_to_end_ms"]) for p in loaded]
+            span_s = (
+                max(p["published_ts_ms"] for p in loaded)
+                - min(p["published_ts_ms"] for p in loaded)
+            ) / 1000
+        finally:
+            producer.flush(10)
+            del producer  # its client must go before the broker does
+            reader.close()
+            stack.stop()
+    baseline_fps = statistics.median(baseline)
+    triton_fps = statistics.median(bare)
+    return {
+        "cameras": config.cameras,
+        "frames_per_round": config.frames,
+        "rounds": config.rounds,
+        "frame_size": f"{sizes[0][0]}x{sizes[0][1]}",
+        "baseline_fps": round(baseline_fps, 1),
+        "baseline_fps_rounds": [round(x, 1) for x in baseline],
+        "triton_fps": round(triton_fps, 1),
+        "triton_fps_rounds": [round(x, 1) for x in bare],
+        "pipeline_fps": round(max_fps, 1),
+        "pipeline_fps_rounds": [round(x, 1) for x in pipeline],
+        "pipeline_vs_baseline": round(max_fps / baseline_fps, 3),
+        "triton_vs_baseline": round(triton_fps / baseline_fps, 3),
+        "pipeline_vs_triton": round(max_fps / triton_fps, 3),
+        "load": config.load,
+        "load_rate_fps": round(rate, 1),
+        "load_achieved_fps": round((len(loaded) - 1) / span_s, 1) if span_s > 0 else 0.0,
+        "load_frames": len(loaded),
+        "end_to_end_ms": _quantiles(e2e),
+        "settings": {
+            "batch_max": settings.batch_max,
+            "batch_within_s": settings.batch_within_s,
+            "infer_inflight": settings.infer_inflight,
+            "pipeline_depth": settings.pipeline_depth,
+            "baseline_threads": 2,
+        },
+    }
+
+
+def table(figures: dict[str, Any]) -> str:
+    e2e = figures["end_to_end_ms"]
+    rows = [
+        ("in-process baseline (onnxruntime)", f"{figures['baseline_fps']:.1f} fps", "1.000"),
+        (
+            "bare Triton (gRPC)",
+            f"{figures['triton_fps']:.1f} fps",
+            f"{figures['triton_vs_baseline']:.3f}",
+        ),
+        (
+            "pipeline (Kafka->worker->Triton)",
+            f"{figures['pipeline_fps']:.1f} fps",
+            f"{figures['pipeline_vs_baseline']:.3f}",
+        ),
+        (
+            f"end-to-end at {figures['load']:.0%} ({figures['load_achieved_fps']} fps)",
+            f"p50 {e2e['p50']} / p95 {e2e['p95']} / p99 {e2e['p99']} ms",
+            "",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'what':<{width}}  {'figure':<34}  vs baseline"]
+    lines += [f"{a:<{width}}  {b:<34}  {c}" for a, b, c in rows]
+    lines.append(
+        f"medians of {figures['rounds']} interleaved rounds; {figures['cameras']} "
+        f"cameras, {figures['frames_per_round']} frames ({figures['frame_size']})"
+    )
+    return "\n".join(lines)

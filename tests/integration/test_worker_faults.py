@@ -1,0 +1,289 @@
+"""Faults on a stack of their own (the session stack stays untouched): Triton frozen
+mid-stream, the Feast online store locked, a worker killed with SIGKILL, and two
+workers of which one dies. Real Kafka, real Triton, real Feast throughout.
+
+The tests share one stack, in file order; each uses its own cameras.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+from confluent_kafka import Producer
+
+from camstream.cameras import CameraSpec
+from camstream.imaging import encode_jpeg
+from camstream.records import FrameHeaders
+from camstream.settings import Settings
+from camstream.stack.local import LocalStack
+from camstream.stack.setup import prepare
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+SESSION_TIMEOUT_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, LocalStack]]:
+    state = tmp_path_factory.mktemp("faults")
+    settings = Settings(state_dir=state)
+    prepared = prepare(settings)
+    local = LocalStack(
+        settings,
+        worker_env={
+            "CAMSTREAM_INFER_TIMEOUT_S": "2",
+            "CAMSTREAM_TRITON_RETRY_MAX_S": "1",
+            "CAMSTREAM_BREAKER_RESET_S": "1",
+            "CAMSTREAM_FEATURE_CACHE_TTL_S": "0.5",
+            "CAMSTREAM_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
+        },
+    )
+    try:
+        info = local.start()
+        yield Stack(info, settings, prepared.assets), local
+    finally:
+        local.stop()
+
+
+class Feed(threading.Thread):
+    """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs."""
+
+    def __init__(self, stack: Stack, cameras: list[str], fps: float) -> None:
+        super().__init__(daemon=True)
+        image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
+        self.jpeg = encode_jpeg(image, 90)
+        self.size = (image.shape[1], image.shape[0])
+        self.stack = stack
+        self.cameras = cameras
+        self.fps = fps
+        self.halt = threading.Event()
+        self.delivered: set[tuple[str, int]] = set()
+        self.producer = Producer(
+            {"bootstrap.servers": stack.info.kafka_bootstrap, "acks": "all", "linger.ms": 5}
+        )
+
+    def _on_delivery(self, camera: str, seq: int) -> Any:
+        def done(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.delivered.add((camera, seq))
+
+        return done
+
+    def run(self) -> None:
+        seq = 0
+        while not self.halt.is_set():
+            seq += 1
+            for camera in self.cameras:
+                meta = FrameHeaders(camera, seq, int(time.time() * 1000), *self.size)
+                self.producer.produce(
+                    self.stack.settings.frames_topic,
+                    value=self.jpeg,
+                    key=camera.encode(),
+                    headers=meta.to_kafka(),
+                    on_delivery=self._on_delivery(camera, seq),
+                )
+            self.producer.poll(0)
+            self.halt.wait(1.0 / self.fps)
+        self.producer.flush(15)
+
+
+def _predictions(stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]) -> list[dict]:
+    def covered(messages: list[Any]) -> bool:
+        got = {(m.key().decode(), json.loads(m.value())["seq"]) for m in messages}
+        return wanted <= got
+
+    messages = stack.collect(
+        stack.settings.predictions_topic, covered, timeout_s=120, camera_ids=cameras
+    )
+    return [json.loads(m.value()) for m in messages]
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
+    faults: tuple[Stack, LocalStack],
+) -> None:
+    stack, local = faults
+    cameras = ["outage-a", "outage-b"]
+    worker_pid = local.workers[0].pid
+    feed = Feed(stack, cameras, fps=8)
+    feed.start()
+    try:
+        # Given frames flowing, when Triton freezes for 15 s mid-stream
+        time.sleep(4)
+        local.pause_triton()
+        max_lag = 0.0
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                max_lag = max(
+                    max_lag, _metric(local.worker_metrics(), "camstream_worker_consumer_lag")
+                )
+        finally:
+            local.resume_triton()
+        time.sleep(4)
+    finally:
+        feed.halt.set()
+        feed.join(30)
+
+    # Then every acknowledged frame has a prediction, from the same worker process
+    predictions = _predictions(stack, set(cameras), feed.delivered)
+    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    assert len(feed.delivered) > 2 * 8 * 20
+    assert local.workers[0].pid == worker_pid and local.workers[0].running()
+    # and the backlog grew in Kafka while Triton was away, and failures were counted
+    assert max_lag > 50
+    metrics = local.worker_metrics()
+    assert _metric(metrics, "camstream_worker_triton_failures_total") > 0
+    assert _metric(metrics, "camstream_worker_breaker_state") == 0
+
+
+def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flowing(
+    faults: tuple[Stack, LocalStack],
+) -> None:
+    stack, _local = faults
+    known = CameraSpec(id="feast-known", source="unused")
+    fresh = CameraSpec(id="feast-fresh", source="unused")
+    stack.register(known, fresh)
+    db = Path(stack.info.feast_repo) / "data" / "online_store.db"
+    jpeg, (width, height) = Feed(stack, [], 1).jpeg, Feed(stack, [], 1).size
+    producer = stack.producer()
+    # Given the known camera's features are cached by the worker
+    stack.publish(producer, known.id, 1, jpeg, width, height)
+    producer.flush(10)
+    (first,) = _predictions(stack, {known.id}, {(known.id, 1)})
+    assert first["enrichment"] == "ok"
+
+    # When the online store is locked (no reader gets in) while both cameras send
+    lock = sqlite3.connect(db, timeout=1)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        time.sleep(1)  # past the cache TTL
+        for seq in range(2, 12):
+            stack.publish(producer, known.id, seq, jpeg, width, height)
+            stack.publish(producer, fresh.id, seq, jpeg, width, height)
+            producer.flush(10)
+            time.sleep(0.2)
+        wanted = {(c, s) for c in (known.id, fresh.id) for s in range(2, 12)}
+        during = _predictions(stack, {known.id, fresh.id}, wanted)
+    finally:
+        lock.rollback()
+        lock.close()
+
+    # Then predictions kept flowing: the known camera stale from the cache, the new one
+    # missing, and no batch waited on the store for long
+    by_camera = {
+        c: [p for p in during if p["seq"] >= 2 and p["camera_id"] == c]
+        for c in (known.id, fresh.id)
+    }
+    assert {p["enrichment"] for p in by_camera[known.id]} == {"stale"}
+    assert {p["enrichment"] for p in by_camera[fresh.id]} == {"missing"}
+    assert by_camera[known.id][0]["features"]["zone"] == "default"
+    assert max(p["latency"]["enrich_ms"] for p in during) < 2000
+
+    # and once the store is back, enrichment is ok again
+    time.sleep(6)  # the worker's blocked reads give up (SQLite's 5 s busy timeout)
+    stack.publish(producer, fresh.id, 100, jpeg, width, height)
+    stack.publish(producer, fresh.id, 101, jpeg, width, height)
+    producer.flush(10)
+    after = _predictions(stack, {fresh.id}, {(fresh.id, 100), (fresh.id, 101)})
+    assert [p["enrichment"] for p in after if p["seq"] == 101] == ["ok"]
+
+
+def test_worker_killed_mid_stream_and_restarted_loses_nothing(
+    faults: tuple[Stack, LocalStack], record_property: Any
+) -> None:
+    stack, local = faults
+    cameras = ["kill-a", "kill-b", "kill-c"]
+    feed = Feed(stack, cameras, fps=10)
+    feed.start()
+    try:
+        # Given frames flowing, when the worker is killed with SIGKILL and restarted
+        time.sleep(5)
+        local.kill_worker(0)
+        time.sleep(2)
+        local.restart_worker(0)
+        time.sleep(3)
+    finally:
+        feed.halt.set()
+        feed.join(30)
+
+    # Then every acknowledged (camera, seq) has a prediction; duplicates are reported
+    predictions = _predictions(stack, set(cameras), feed.delivered)
+    counts = Counter((p["camera_id"], p["seq"]) for p in predictions)
+    assert set(counts) >= feed.delivered
+    duplicates = sum(n - 1 for n in counts.values())
+    record_property("frames", len(feed.delivered))
+    record_property("duplicates", duplicates)
+    print(f"kill -9: {len(feed.delivered)} frames, {duplicates} duplicate predictions")
+    assert len({p["worker"] for p in predictions}) == 2  # before and after the kill
+
+
+def test_two_workers_split_partitions_and_the_survivor_takes_over(
+    faults: tuple[Stack, LocalStack], record_property: Any
+) -> None:
+    stack, local = faults
+    local.add_worker()
+    cameras = [f"scale-{i}" for i in range(8)]
+    feed = Feed(stack, cameras, fps=4)
+    feed.start()
+    try:
+        # Given two workers in one group sharing the cameras' partitions
+        time.sleep(6)
+        before = stack.collect(
+            stack.settings.predictions_topic,
+            lambda m: len({json.loads(x.value())["worker"] for x in m}) >= 2,
+            timeout_s=30,
+            camera_ids=set(cameras),
+        )
+        owners = {json.loads(m.value())["worker"] for m in before}
+        assert len(owners) == 2
+        victim = next(w for w in owners if w.endswith(f":{local.workers[1].pid}"))
+        (survivor,) = owners - {victim}
+        # When the second worker dies
+        killed_at_ms = time.time() * 1000
+        local.kill_worker(1)
+        time.sleep(SESSION_TIMEOUT_S + 12)
+    finally:
+        feed.halt.set()
+        feed.join(30)
+
+    # Then every frame is predicted, and the survivor took the victim's cameras within
+    # the session timeout (plus the rebalance)
+    predictions = _predictions(stack, set(cameras), feed.delivered)
+    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    victims_cameras = {p["camera_id"] for p in predictions if p["worker"] == victim}
+    assert victims_cameras
+    takeover_s = (
+        max(
+            min(
+                p["published_ts_ms"] - killed_at_ms
+                for p in predictions
+                if p["camera_id"] == camera
+                and p["worker"] == survivor
+                and p["published_ts_ms"] > killed_at_ms
+            )
+            for camera in victims_cameras
+        )
+        / 1000
+    )
+    record_property("takeover_s", round(takeover_s, 1))
+    print(f"two workers: survivor took {sorted(victims_cameras)} after {takeover_s:.1f}s")
+    assert takeover_s < SESSION_TIMEOUT_S + 10

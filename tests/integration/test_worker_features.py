@@ -1,0 +1,82 @@
+"""Streaming features on the real stack: the worker pushes per-camera activity and drift
+state to Feast, and any other service reads them back with get_online_features."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from camstream.cameras import CameraSpec
+from camstream.featurestore import open_store
+from camstream.imaging import encode_jpeg
+from tests.integration.conftest import DRIFT_WINDOW, Stack
+
+pytestmark = pytest.mark.integration
+
+ACTIVITY = [
+    "camera_activity_fv:frames_in_window",
+    "camera_activity_fv:top_label",
+    "camera_activity_fv:label_counts",
+    "camera_activity_fv:mean_confidence",
+    "camera_activity_fv:last_seen_ms",
+]
+DRIFT = ["camera_drift_fv:drift", "camera_drift_fv:drift_window_end_ms"]
+
+
+def _read(stack: Stack, camera_id: str, features: list[str]) -> dict[str, Any]:
+    store = open_store(Path(stack.info.feast_repo))
+    table = store.get_online_features(
+        features=features, entity_rows=[{"camera_id": camera_id}]
+    ).to_dict()
+    return {name: values[0] for name, values in table.items()}
+
+
+def _wait_for(stack: Stack, camera_id: str, features: list[str], ready: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        row = _read(stack, camera_id, features)
+        if ready(row):
+            return row
+        time.sleep(0.5)
+    raise AssertionError(f"features never became ready: {row}")
+
+
+def test_camera_activity_and_drift_state_are_readable_from_feast(stack: Stack) -> None:
+    # Given a registered camera sending more frames of one photo than a drift window
+    camera = CameraSpec(id="features-cam", source="unused", confidence_threshold=0.05)
+    stack.register(camera)
+    image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
+    jpeg = encode_jpeg(image, 90)
+    frames = DRIFT_WINDOW + 2
+    producer = stack.producer()
+    for seq in range(1, frames + 1):
+        stack.publish(producer, camera.id, seq, jpeg, image.shape[1], image.shape[0])
+    producer.flush(10)
+    predictions = stack.collect(
+        stack.settings.predictions_topic, lambda m: len(m) >= frames, camera_ids={camera.id}
+    )
+    labels = [json.loads(m.value())["label"] for m in predictions]
+    last_capture = max(json.loads(m.value())["capture_ts_ms"] for m in predictions)
+
+    # When another service reads the camera's streaming features from Feast
+    activity = _wait_for(
+        stack, camera.id, ACTIVITY, lambda r: (r["frames_in_window"] or 0) >= frames
+    )
+    drift = _wait_for(stack, camera.id, DRIFT, lambda r: r["drift_window_end_ms"] is not None)
+
+    # Then they describe what the worker saw
+    assert activity["frames_in_window"] == frames
+    assert activity["top_label"] == "orange" == max(set(labels), key=labels.count)
+    assert json.loads(activity["label_counts"]) == {"orange": labels.count("orange")} | {
+        label: labels.count(label) for label in set(labels)
+    }
+    assert 0.05 <= activity["mean_confidence"] <= 1.0
+    assert activity["last_seen_ms"] == last_capture
+    assert drift["drift_window_end_ms"] <= last_capture
+    assert drift["drift"] in (True, False)
