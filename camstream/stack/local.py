@@ -177,7 +177,7 @@ class LocalStack:
         self,
         name: str,
         args: list[str],
-        ready_metric: str = "",
+        ready_metrics: tuple[str, ...] = (),
         extra_env: dict[str, str] | None = None,
     ) -> ManagedProcess:
         assert self.info is not None
@@ -192,7 +192,11 @@ class LocalStack:
         process = ManagedProcess(
             name, [sys.executable, "-m", "camstream", *args], log_path, env=env, stop_timeout_s=20
         ).start()
-        process.wait_ready(lambda: ready_metric in _scrape(port), timeout_s=90)
+        def ready() -> bool:
+            text = _scrape(port)
+            return bool(text) and all(metric in text for metric in ready_metrics)
+
+        process.wait_ready(ready, timeout_s=90)
         self.info.metrics_ports[name] = port
         self.info.logs[name] = str(log_path)
         self.info.pids[name] = process.pid
@@ -213,7 +217,8 @@ class LocalStack:
         return self._spawn(
             name,
             ["worker"],
-            ready_metric="camstream_worker_assigned 1.0",
+            # Joined its group and its model is ready: frames sent now do not queue.
+            ready_metrics=("camstream_worker_assigned 1.0", "camstream_worker_ready 1.0"),
             extra_env={"CAMSTREAM_WORKER_DATA_DIR": str(self.state_dir / name)},
         )
 
