@@ -192,6 +192,7 @@ class LocalStack:
         process = ManagedProcess(
             name, [sys.executable, "-m", "camstream", *args], log_path, env=env, stop_timeout_s=20
         ).start()
+
         def ready() -> bool:
             text = _scrape(port)
             return bool(text) and all(metric in text for metric in ready_metrics)
