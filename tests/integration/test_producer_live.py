@@ -196,15 +196,25 @@ def test_rtsp_server_killed_and_restarted_producer_reconnects_seq_strictly_incre
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def wait_for_frames(count: int, since_ms: int) -> None:
+        """Until ``count`` frames captured after ``since_ms`` are in the topic (60 s max)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and producer.poll() is None:
+            frames = read_frames(broker.client_config(), settings.frames_topic)
+            if sum(1 for f in frames if f.capture_ts_ms > since_ms) >= count:
+                return
+            time.sleep(1)
+
     try:
-        time.sleep(5)
+        wait_for_frames(25, 0)
         # When the server is killed, stays away 3 s, and comes back on the same port
         rtsp.kill()
         killed_ms = time.time_ns() // 1_000_000
         time.sleep(3)
         rtsp.start()
         restarted_ms = time.time_ns() // 1_000_000
-        time.sleep(6)
+        wait_for_frames(25, restarted_ms)
         # and the producer gets SIGTERM
         producer.send_signal(signal.SIGTERM)
         started = time.monotonic()
