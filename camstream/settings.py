@@ -87,7 +87,12 @@ class Settings(BaseSettings):
         "another); results are published in order and acked only once published.",
     )
     buffer_frames: int = Field(
-        default=64, ge=1, description="Frames Faust may buffer per partition before pausing."
+        default=256,
+        ge=1,
+        description="Frames Faust may buffer per partition before pausing it. Faust stops "
+        "fetching a partition at 80% and resumes at 40%, and sleeps a second when every "
+        "partition is paused, so the 40% must hold over a second of work: 64 starved the "
+        "worker under a backlog (publishing stalled 0.4-0.65 s at a time).",
     )
     max_frame_age_s: float = Field(
         default=60.0,

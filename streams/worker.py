@@ -119,6 +119,21 @@ class Batch:
     infer_s: float = 0.0
 
 
+DECODE_THREADS = 2
+
+
+def _prepare_all(frames: Sequence[tuple[FrameEvent, FrameHeaders]]) -> list[Any]:
+    """Decode frames one after another on a pool thread; a frame's exception is its
+    result (as with ``gather(return_exceptions=True)``), so one bad frame spoils nothing."""
+    out: list[Any] = []
+    for event, headers in frames:
+        try:
+            out.append(prepare(headers, event.value))
+        except BaseException as exc:
+            out.append(exc)
+    return out
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
@@ -130,7 +145,9 @@ class BatchProcessor:
         self.topics = Topics(settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
         self.limits = Limits(settings.max_frame_bytes, settings.max_frame_pixels)
         self.labels = load_labels(settings.labels_path)
-        self.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=DECODE_THREADS, thread_name_prefix="decode"
+        )
         self.feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
         store = OnlineStore(settings.feast_repo_path)
         self.features = FeatureCache(
@@ -251,10 +268,18 @@ class BatchProcessor:
             return batch
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, prepare, h, e.value) for e, h in valid),
-            return_exceptions=True,
+        # One task per decode thread (frames dealt round-robin), not one per frame: each
+        # finished task wakes the event loop and takes the GIL back from the decoders.
+        lanes = min(DECODE_THREADS, len(valid))
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self.decode_pool, _prepare_all, valid[lane::lanes])
+                for lane in range(lanes)
+            )
         )
+        decoded: list[Any] = [None] * len(valid)
+        for lane, part in enumerate(parts):
+            decoded[lane::lanes] = part
         batch.decode_s = time.perf_counter() - started
         STAGE.labels("decode").observe(batch.decode_s)
         for (event, _headers), result in zip(valid, decoded, strict=True):

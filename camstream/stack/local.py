@@ -186,7 +186,6 @@ class LocalStack:
         env.update(self.info.env())
         env["CAMSTREAM_METRICS_PORT"] = str(port)
         env["CAMSTREAM_LOG_LEVEL"] = self.settings.log_level
-        env.update(self.worker_env)
         env.update(extra_env or {})
         log_path = self.logs_dir / f"{name}.log"
         process = ManagedProcess(
@@ -220,7 +219,7 @@ class LocalStack:
             ["worker"],
             # Joined its group and its model is ready: frames sent now do not queue.
             ready_metrics=("camstream_worker_assigned 1.0", "camstream_worker_ready 1.0"),
-            extra_env={"CAMSTREAM_WORKER_DATA_DIR": str(self.state_dir / name)},
+            extra_env={**self.worker_env, "CAMSTREAM_WORKER_DATA_DIR": str(self.state_dir / name)},
         )
 
     def add_worker(self) -> ManagedProcess:
