@@ -189,7 +189,6 @@ def test_records_validate_against_the_published_schema() -> None:
 
 
 def test_feature_row_matches_the_feast_drift_view() -> None:
-    pytest.importorskip("feast")
     from features.cameras import camera_drift_fv
 
     rng = np.random.default_rng(10)
