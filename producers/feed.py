@@ -111,16 +111,19 @@ def _open_with_backoff(
     return False
 
 
-class PacedFeed:
-    """The ``wait`` policy: pull, sample and pace in the publisher's own thread."""
+@dataclass
+class _Feed:
+    """What every feed works with: one camera's source, its settings and counters."""
 
-    def __init__(
-        self, camera: str, source: Source, config: FeedConfig, counters: CameraCounters
-    ) -> None:
-        self.camera = camera
-        self.source = source
-        self.config = config
-        self.counters = counters
+    camera: str
+    source: Source
+    config: FeedConfig
+    counters: CameraCounters
+
+
+@dataclass
+class PacedFeed(_Feed):
+    """The ``wait`` policy: pull, sample and pace in the publisher's own thread."""
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         config, counters = self.config, self.counters
@@ -174,16 +177,11 @@ class PacedFeed:
             self.source.close()
 
 
-class LatestFeed:
+@dataclass
+class LatestFeed(_Feed):
     """The ``drop_oldest`` policy: a reader thread keeps the freshest due frame."""
 
-    def __init__(
-        self, camera: str, source: Source, config: FeedConfig, counters: CameraCounters
-    ) -> None:
-        self.camera = camera
-        self.source = source
-        self.config = config
-        self.counters = counters
+    def __post_init__(self) -> None:
         self._slot: Frame | None = None
         self._cond = threading.Condition()
         self._finished = False

@@ -15,8 +15,6 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -281,16 +279,3 @@ class LocalStack:
             except Exception:
                 log.exception("stack.stop_failed", service=type(service).__name__)
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
-
-
-@contextmanager
-def running_stack(
-    settings: Settings,
-    cameras: list[CameraSpec] | None = None,
-    worker_env: dict[str, str] | None = None,
-) -> Iterator[StackInfo]:
-    stack = LocalStack(settings, cameras, worker_env)
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
-import pytest
 
 from camstream.imaging import FINGERPRINT
 from camstream.records import ModelRef, render_schema
