@@ -101,7 +101,16 @@ class Settings(BaseSettings):
         "classified (no prediction, no DLQ); 0 turns the policy off.",
     )
     triton_retry_max_s: float = Field(
-        default=5.0, gt=0, description="Backoff cap between attempts while Triton is down."
+        default=5.0,
+        gt=0,
+        description="Backoff cap between attempts while Triton is down, and between gRPC's "
+        "reconnects to a server that went away.",
+    )
+    publish_retry_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Backoff cap between attempts to publish records Kafka refused; the "
+        "worker keeps trying (and stops consuming) until they are in.",
     )
     breaker_failures: int = Field(
         default=3, ge=1, description="Consecutive failed batches that open the breaker."

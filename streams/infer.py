@@ -11,7 +11,12 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential_jitter
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import (
+    MAX_GRPC_MESSAGE_SIZE,
+    InferInput,
+    InferRequestedOutput,
+    KeepAliveOptions,
+)
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
@@ -23,13 +28,39 @@ INPUT = "IMAGE"
 OUTPUT = "PROBS"
 
 
+def channel_args(reconnect_max_s: float) -> list[tuple[str, int]]:
+    """tritonclient's default channel options, with gRPC's reconnect backoff capped at
+    ``reconnect_max_s`` (gRPC's own cap is 120 s): once a restarted server listens
+    again, the worker finds it within that time instead of minutes later."""
+    keepalive = KeepAliveOptions()
+    backoff_ms = max(100, int(reconnect_max_s * 1000))
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
+        ("grpc.min_reconnect_backoff_ms", min(100, backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+    ]
+
+
 class InferenceError(RuntimeError):
     """Triton could not classify a batch before the deadline."""
 
 
 class TritonClassifier:
-    def __init__(self, url: str, model: str, version: str, timeout_s: float) -> None:
-        self._client = InferenceServerClient(url=url)
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        version: str,
+        timeout_s: float,
+        reconnect_max_s: float = 1.0,
+    ) -> None:
+        self._client = InferenceServerClient(url=url, channel_args=channel_args(reconnect_max_s))
         self._model = model
         self._version = version
         self._timeout_s = timeout_s

@@ -49,6 +49,7 @@ from streams.pipeline import (
     top_k,
     validate,
 )
+from streams.publish import Outgoing, Publisher, Send
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +97,6 @@ class FrameEvent(Protocol):
     def message(self) -> Any: ...
 
 
-Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]] | None], Awaitable[Any]]
 OnPublished = Callable[[Sequence[Any]], Awaitable[None]]
 
 
@@ -141,7 +141,7 @@ def _ms(seconds: float) -> float:
 class BatchProcessor:
     def __init__(self, settings: Settings, send: Send) -> None:
         self.settings = settings
-        self.send = send
+        self.publisher = Publisher(send, settings.publish_retry_max_s)
         self.topics = Topics(settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
         self.limits = Limits(settings.max_frame_bytes, settings.max_frame_pixels)
         self.labels = load_labels(settings.labels_path)
@@ -160,6 +160,7 @@ class BatchProcessor:
             settings.model_name,
             settings.model_version,
             settings.infer_timeout_s,
+            reconnect_max_s=settings.triton_retry_max_s,
         )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -187,6 +188,7 @@ class BatchProcessor:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.publisher.stopping = True
         await self.drain(timeout_s=5.0)
         try:
             await asyncio.wait_for(self.flush_features(), 5.0)
@@ -351,9 +353,7 @@ class BatchProcessor:
         features: dict[str, Any],
         enrich_s: float,
     ) -> None:
-        pending: list[Awaitable[Any]] = []
-        for event, exc in batch.rejected:
-            pending.append(await self._dead_letter(event, exc))
+        out = [self._dead_letter(event, exc) for event, exc in batch.rejected]
         model = self.classifier.model_ref
         for (event, frame), row in zip(batch.frames, probs, strict=True):
             h = frame.headers
@@ -386,9 +386,7 @@ class BatchProcessor:
                 published_ts_ms=now_ms,
             )
             key = h.camera_id.encode()
-            pending.append(
-                await self.send(self.topics.predictions, key, prediction.to_json_bytes(), None)
-            )
+            out.append(Outgoing(self.topics.predictions, key, prediction.to_json_bytes()))
             PREDICTED.labels(h.camera_id).inc()
             E2E.observe(prediction.latency.end_to_end_ms / 1000.0)
             self.activity.observe(h.camera_id, h.capture_ts_ms, label, score)
@@ -400,26 +398,26 @@ class BatchProcessor:
                 frame.stats,
                 received_ms=now_ms,
             )
-            pending += await self.publish_drift(records)
+            out += self._drift_records(records)
         # Nothing is acknowledged before everything it produced is in Kafka.
-        await asyncio.gather(*pending)
+        await self.publisher.deliver(out)
 
-    async def publish_drift(self, records: list[DriftRecord]) -> list[Awaitable[Any]]:
-        """Send drift records (and queue their Feast rows); returns the send futures."""
-        pending = []
+    def _drift_records(self, records: list[DriftRecord]) -> list[Outgoing]:
+        """Drift records to publish (their Feast rows are queued for the next push)."""
+        out = []
         for record in records:
             DRIFT.labels(record.camera_id, str(record.drift).lower()).inc()
             log.info(
                 "drift.window", camera=record.camera_id, drift=record.drift, reasons=record.reasons
             )
             key = record.camera_id.encode()
-            pending.append(await self.send(self.topics.drift, key, record.to_json_bytes(), None))
+            out.append(Outgoing(self.topics.drift, key, record.to_json_bytes()))
             self.pusher.offer(DRIFT_PUSH_SOURCE, drift_feature_row(record))
-        return pending
+        return out
 
     async def tick(self, now_ms: int) -> None:
         """Time-based work, once a second: drift windows due by time."""
-        await asyncio.gather(*await self.publish_drift(self.drift.tick(now_ms)))
+        await self.publisher.deliver(self._drift_records(self.drift.tick(now_ms)))
 
     async def flush_features(self) -> None:
         """Push the changed cameras' activity and drift rows to Feast (off the loop)."""
@@ -427,7 +425,7 @@ class BatchProcessor:
             self.pusher.offer(ACTIVITY_PUSH_SOURCE, row)
         await self.pusher.flush()
 
-    async def _dead_letter(self, event: FrameEvent, exc: FrameRejected) -> Any:
+    def _dead_letter(self, event: FrameEvent, exc: FrameRejected) -> Outgoing:
         DLQ.labels(exc.kind).inc()
         headers = dict(event.headers or {})
         log.warning(
@@ -439,4 +437,4 @@ class BatchProcessor:
         )
         out = [(k, v) for k, v in headers.items() if k not in ("error-kind", "error-message")]
         out += [("error-kind", exc.kind.encode()), ("error-message", str(exc).encode())]
-        return await self.send(self.topics.dlq, event.message.key, event.value or b"", out)
+        return Outgoing(self.topics.dlq, event.message.key, event.value or b"", out)

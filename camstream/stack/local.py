@@ -257,6 +257,21 @@ class LocalStack:
         os.killpg(self.triton.pid, signal.SIGCONT)
         self._triton_paused = False
 
+    def stop_triton(self) -> None:
+        """Stop the Triton server: its ports close and every call is refused, the way a
+        crashed or redeployed server behaves."""
+        assert self.triton is not None
+        self.triton.stop()
+
+    def start_triton(self, model_repository: Path | None = None) -> None:
+        """Start Triton again on the same ports, serving ``model_repository`` (by
+        default the stack's own); returns once its model is ready."""
+        assert self.triton is not None and self.info is not None
+        self.triton.model_repository = (model_repository or self.settings.model_repo).resolve()
+        self.triton.start()
+        self.info.pids["triton"] = self.triton.pid
+        self._write_state()
+
     def _write_state(self) -> None:
         assert self.info is not None
         path = self.state_dir / STATE_FILE

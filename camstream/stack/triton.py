@@ -155,7 +155,9 @@ class TritonServer:
     """One tritonserver process serving ``model_repository`` on free local ports.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``ready_models`` are
-    waited for after the server itself reports ready.
+    waited for after the server itself reports ready. A stopped server can be started
+    again: it comes back on the same ports (clients reconnect to the same address),
+    serving ``model_repository`` as it is then.
     """
 
     def __init__(
@@ -218,13 +220,14 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Launch the server and wait until it and ``ready_models`` are ready."""
-        if self._process is not None:
-            raise ServiceError("this TritonServer was already started")
+        if self.running():
+            raise ServiceError("this TritonServer is already running")
         if not self.model_repository.is_dir():
             raise ServiceError(f"model repository {self.model_repository} does not exist")
         env = self.model_env or locate_model_env()
         tree = prepare_server_tree(env, self.cache_dir)
-        self.http_port, self.grpc_port, self.metrics_port = _distinct_free_ports(3)
+        if not self.grpc_port:  # a restart keeps its ports
+            self.http_port, self.grpc_port, self.metrics_port = _distinct_free_ports(3)
         argv = [
             str(tree / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
@@ -270,6 +273,7 @@ class TritonServer:
         if self._process is None:
             return
         self._process.stop()
+        self._process = None
         self.leaked_shm = sorted(p.name for p in SHM_DIR.glob(f"{self.shm_prefix}*"))
         if self.leaked_shm:
             log.warning("triton.shm_leaked", regions=self.leaked_shm)

@@ -1,5 +1,6 @@
 """Faults on a stack of their own (the session stack stays untouched): Triton frozen
-mid-stream, the Feast online store locked, a worker killed with SIGKILL, and two
+mid-stream, Triton stopped and started again, a deliberately slow model, Kafka refusing
+the predictions, the Feast online store locked, a worker killed with SIGKILL, and two
 workers of which one dies. Real Kafka, real Triton, real Feast throughout.
 
 The tests share one stack, in file order; each uses its own cameras.
@@ -19,6 +20,7 @@ from typing import Any
 import cv2
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from camstream.cameras import CameraSpec
 from camstream.imaging import encode_jpeg
@@ -27,6 +29,7 @@ from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
 from tests.integration.conftest import Stack
+from tests.support.live import slow_model_repository
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +61,18 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
 class Feed(threading.Thread):
     """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs."""
 
-    def __init__(self, stack: Stack, cameras: list[str], fps: float) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        cameras: list[str],
+        fps: float,
+        size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
-        self.jpeg = encode_jpeg(image, 90)
+        if size is not None:
+            image = cv2.resize(image, size)
+        self.jpeg = encode_jpeg(image, 95 if size else 90)
         self.size = (image.shape[1], image.shape[0])
         self.stack = stack
         self.cameras = cameras
@@ -116,6 +127,29 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
+def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float) -> float:
+    """Run ``feed``; after 4 s apply ``fault``, and ``repair`` it ``fault_s`` later.
+    Returns the largest consumer lag seen meanwhile."""
+    feed.start()
+    max_lag = 0.0
+    try:
+        time.sleep(4)
+        fault()
+        try:
+            deadline = time.monotonic() + fault_s
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                lag = _metric(local.worker_metrics(), "camstream_worker_consumer_lag")
+                max_lag = max(max_lag, lag)
+        finally:
+            repair()
+        time.sleep(4)
+    finally:
+        feed.halt.set()
+        feed.join(30)
+    return max_lag
+
+
 def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     faults: tuple[Stack, LocalStack],
 ) -> None:
@@ -123,25 +157,8 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     cameras = ["outage-a", "outage-b"]
     worker_pid = local.workers[0].pid
     feed = Feed(stack, cameras, fps=8)
-    feed.start()
-    try:
-        # Given frames flowing, when Triton freezes for 15 s mid-stream
-        time.sleep(4)
-        local.pause_triton()
-        max_lag = 0.0
-        try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                time.sleep(1)
-                max_lag = max(
-                    max_lag, _metric(local.worker_metrics(), "camstream_worker_consumer_lag")
-                )
-        finally:
-            local.resume_triton()
-        time.sleep(4)
-    finally:
-        feed.halt.set()
-        feed.join(30)
+    # Given frames flowing, when Triton freezes for 15 s mid-stream
+    max_lag = _feed_through(local, feed, local.pause_triton, local.resume_triton, fault_s=15)
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = _predictions(stack, set(cameras), feed.delivered)
@@ -153,6 +170,125 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     metrics = local.worker_metrics()
     assert _metric(metrics, "camstream_worker_triton_failures_total") > 0
     assert _metric(metrics, "camstream_worker_breaker_state") == 0
+
+
+def test_triton_stopped_and_started_again_loses_no_frame(
+    faults: tuple[Stack, LocalStack],
+) -> None:
+    stack, local = faults
+    cameras = ["restart-a", "restart-b"]
+    worker_pid = local.workers[0].pid
+    feed = Feed(stack, cameras, fps=8)
+    # Given frames flowing, when Triton is stopped (connections refused) for 10 s and
+    # started again on the same address
+    max_lag = _feed_through(local, feed, local.stop_triton, local.start_triton, fault_s=10)
+
+    # Then every acknowledged frame has a prediction, from the same worker process
+    predictions = _predictions(stack, set(cameras), feed.delivered)
+    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    assert local.workers[0].pid == worker_pid and local.workers[0].running()
+    assert max_lag > 50
+    metrics = local.worker_metrics()
+    assert _metric(metrics, 'camstream_worker_triton_failures_total{reason="error"}') > 0
+    assert _metric(metrics, "camstream_worker_breaker_state") == 0
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_slow_model_keeps_worker_memory_bounded_while_lag_grows(
+    faults: tuple[Stack, LocalStack], tmp_path: Path, record_property: Any
+) -> None:
+    stack, local = faults
+    cameras = ["slow-a", "slow-b", "slow-c"]
+    slow = slow_model_repository(
+        tmp_path / "slow", stack.settings.model_repo, stack.settings.model_name, 0.03
+    )
+    # A small flow-control buffer, so that the bound is reached early in the test
+    local.worker_env["CAMSTREAM_BUFFER_FRAMES"] = "16"
+    local.restart_worker(0)
+    worker_pid = local.workers[0].pid
+    local.stop_triton()
+    local.start_triton(slow)
+    # 1280x960 frames of ~260 KB at 3 x 15 fps, for a model that manages ~25 fps
+    feed = Feed(stack, cameras, fps=15, size=(1280, 960))
+    samples: list[tuple[float, float]] = []  # (lag, worker RSS MiB), once a second
+    try:
+        # Given a model slower than the cameras, when frames flow for 40 s
+        feed.start()
+        for _ in range(40):
+            time.sleep(1)
+            lag = _metric(local.worker_metrics(), "camstream_worker_consumer_lag")
+            samples.append((lag, _rss_mb(worker_pid)))
+        predicted = _metric(local.worker_metrics(), "camstream_worker_predictions_total")
+        survived = local.workers[0].running()
+    finally:
+        feed.halt.set()
+        feed.join(30)
+        local.stop_triton()
+        local.start_triton()
+        del local.worker_env["CAMSTREAM_BUFFER_FRAMES"]
+        local.restart_worker(0)
+    frame_mb = len(feed.jpeg) / 2**20
+    lag_10, lag_end = samples[9][0], samples[-1][0]
+    # RSS swings by ~30 MiB from second to second: compare the peaks of two windows
+    rss_early = max(rss for _lag, rss in samples[5:15])
+    rss_late = max(rss for _lag, rss in samples[-10:])
+    record_property("lag_growth_frames", lag_end - lag_10)
+    record_property("rss_growth_mib", round(rss_late - rss_early, 1))
+    print(
+        f"slow model: lag {lag_10:.0f} -> {lag_end:.0f} frames "
+        f"({(lag_end - lag_10) * frame_mb:.0f} MiB of frames waiting in Kafka); "
+        f"worker RSS peak {rss_early:.0f} MiB early, {rss_late:.0f} MiB late"
+    )
+
+    # Then the worker kept classifying, without a crash
+    assert survived
+    assert predicted > 300
+    # and the backlog grew in Kafka, not in the worker: RSS grew by less than a fifth
+    # of what the frames that piled up over the last 30 s would take
+    assert lag_end - lag_10 > 300
+    assert rss_late - rss_early < 0.2 * (lag_end - lag_10) * frame_mb
+
+
+def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
+    faults: tuple[Stack, LocalStack],
+) -> None:
+    stack, local = faults
+    cameras = ["refused-a", "refused-b"]
+    worker_pid = local.workers[0].pid
+    admin = AdminClient({"bootstrap.servers": stack.info.kafka_bootstrap})
+    topic = stack.settings.predictions_topic
+
+    def limit(op: AlterConfigOpType) -> None:
+        entry = ConfigEntry("max.message.bytes", "200", incremental_operation=op)
+        resource = ConfigResource("TOPIC", topic, incremental_configs=[entry])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=10)
+
+    # Given frames flowing, when the predictions topic refuses every record for 10 s
+    # (records larger than its max.message.bytes) and is then set right
+    feed = Feed(stack, cameras, fps=8)
+    max_lag = _feed_through(
+        local,
+        feed,
+        lambda: limit(AlterConfigOpType.SET),
+        lambda: limit(AlterConfigOpType.DELETE),
+        fault_s=10,
+    )
+
+    # Then the refused records were sent again: every acknowledged frame has a
+    # prediction, from the same worker, and the frames waited in Kafka meanwhile
+    predictions = _predictions(stack, set(cameras), feed.delivered)
+    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    assert local.workers[0].pid == worker_pid and local.workers[0].running()
+    assert max_lag > 50
+    failures = _metric(local.worker_metrics(), "camstream_worker_publish_failures_total")
+    assert failures > 0
 
 
 def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flowing(

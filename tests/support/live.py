@@ -154,3 +154,29 @@ def by_camera(records: list[FrameRecord]) -> dict[str, list[FrameRecord]]:
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         out.setdefault(record.camera, []).append(record)
     return out
+
+
+SLOW_MODEL = Path(__file__).resolve().parent / "slow_model.py"
+
+
+def slow_model_repository(
+    target: Path, model_repo: Path, model: str, seconds_per_image: float
+) -> Path:
+    """A Triton model repository at ``target`` serving ``model`` from ``model_repo`` as
+    one instance that sleeps ``seconds_per_image`` per image before classifying it:
+    the same name, inputs, outputs and weights, deliberately slow."""
+    source = model_repo / model
+    folder = target / model
+    (folder / "1").mkdir(parents=True)
+    (folder / "labels.txt").symlink_to(source / "labels.txt")
+    (folder / "1" / "model.onnx").symlink_to(source / "1" / "model.onnx")
+    (folder / "1" / "model.py").symlink_to(SLOW_MODEL)
+    config = (source / "config.pbtxt").read_text().replace("count: 2", "count: 1")
+    assert "count: 1" in config, "the instance_group of config.pbtxt changed; update this"
+    for key, value in (
+        ("REAL_MODEL", str(source / "1" / "model.py")),
+        ("SECONDS_PER_IMAGE", str(seconds_per_image)),
+    ):
+        config += f'\nparameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+    (folder / "config.pbtxt").write_text(config)
+    return target
