@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -133,6 +133,19 @@ class Settings(BaseSettings):
         default=10.0,
         ge=6,
         description="Kafka group session timeout: how soon a dead worker's partitions move.",
+    )
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="at_least_once: a crash may publish a frame's records twice (same "
+        "dedup_key). exactly_once: records and consumed offsets commit in one Kafka "
+        "transaction per frames partition, each record in its frame's partition number; "
+        "read_committed consumers see every record once, up to commit_interval_s later.",
+    )
+    commit_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often consumed offsets are committed (with exactly_once, how "
+        "often records become visible to read_committed consumers).",
     )
     # -- end of worker settings --
 

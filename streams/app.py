@@ -3,10 +3,21 @@
 Topic names carry a configurable prefix, so the app is built from Settings by
 ``build_app`` instead of at import time; the agent itself is the usual short loop
 over micro-batches, and the work lives in streams.worker.
+
+Exactly-once delivery (``delivery="exactly_once"``) uses Faust's transaction manager:
+one transactional producer per frames partition, whose transaction carries that
+partition's consumed offsets. Three fixes make it hold (tests/integration/
+test_worker_exactly_once.py): stock Faust would send our records outside any
+transaction (it picks the transaction from the output topic's partition, which its
+consumer does not know), so each record is sent explicitly in the transaction of the
+frame it came from, to the same partition number of its topic; a commit never runs
+between a batch's records and its acks (the worker's publish guard); and every
+rebalance starts fresh transactional producers (Faust would keep fenced ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 import time
@@ -16,7 +27,8 @@ from typing import Any
 import faust
 import structlog
 from faust.auth import SASLCredentials, SSLCredentials
-from prometheus_client import Gauge
+from faust.exceptions import ProducerSendError
+from prometheus_client import Counter, Gauge
 
 from camstream.settings import Settings
 from streams.worker import BatchProcessor
@@ -29,6 +41,11 @@ LAG = Gauge(
     "camstream_worker_consumer_lag",
     "Frames not yet committed per assigned partition (log end - committed offset)",
     ["partition"],
+)
+REVOKED = Counter(
+    "camstream_worker_records_revoked_total",
+    "exactly_once: records not sent because their frame's partition moved to another "
+    "worker mid-batch (that worker processes the frame again)",
 )
 
 
@@ -79,6 +96,8 @@ def build_app(settings: Settings) -> faust.App:
         producer_max_request_size=settings.max_message_bytes * 2,
         web_enabled=False,
         autodiscover=False,
+        processing_guarantee=settings.delivery,
+        broker_commit_interval=settings.commit_interval_s,
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
     raw |= {"key_serializer": "raw", "value_serializer": "raw"}
@@ -89,11 +108,20 @@ def build_app(settings: Settings) -> faust.App:
     }
 
     async def send(
-        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        _partition: int | None,
     ) -> Any:
         return await outputs[topic].send(key=key, value=value, headers=headers)
 
-    processor = BatchProcessor(settings, send)
+    publish_guard = asyncio.Lock()
+    if settings.delivery == "exactly_once":
+        send = _transactional_send(app, settings.frames_topic)
+        _guard_commits(app, publish_guard)
+        _fresh_transactions(app)
+    processor = BatchProcessor(settings, send, publish_guard)
 
     @app.agent(frames)
     async def classify(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
@@ -131,6 +159,70 @@ def build_app(settings: Settings) -> faust.App:
         await processor.stop()
 
     return app
+
+
+def _transactional_send(app: faust.App, frames_topic: str) -> Any:
+    """Send each record in the transaction of its frame's partition (exactly_once)."""
+
+    async def send(
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int | None,
+    ) -> Any:
+        producer = app.producer
+        if partition is None:  # tied to no frame (a drift window closed by time)
+            return await producer.send(topic, key, value, None, None, headers)
+        group = app.assignor.group_for_topic(frames_topic)
+        transaction = f"{app.conf.id}-{group}-{partition}"
+        try:
+            return await producer.send(
+                topic, key, value, partition, None, headers, transactional_id=transaction
+            )
+        except ProducerSendError:
+            # The partition moved away mid-batch: its transaction is gone, its offsets
+            # were not committed, and the new owner classifies these frames again.
+            REVOKED.inc()
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    return send
+
+
+def _guard_commits(app: faust.App, guard: asyncio.Lock) -> None:
+    """Commit transactions only between batches, never with a batch's records sent
+    but its offsets not yet acked (that would publish them twice after a crash)."""
+    producer = app.producer
+    commit = producer.commit_transactions
+
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        async with guard:
+            return await commit(*args, **kwargs)
+
+    producer.commit_transactions = guarded  # type: ignore[method-assign]
+
+
+def _fresh_transactions(app: faust.App) -> None:
+    """Start a new transactional producer for every partition assigned by a rebalance.
+
+    Faust keeps the producer it had, even one that another worker fenced while the
+    partition was away (it does not stop producers of revoked partitions); every send
+    of that producer then fails. A new producer fences any other holder of the
+    partition's transactional id and aborts the transaction it left open, whose
+    records belong to frames that will be classified again from the committed offset.
+    """
+    producer = app.producer
+
+    async def restart(transactional_id: str) -> None:
+        stale = producer._transaction_producers.pop(transactional_id, None)
+        if stale is not None:
+            with contextlib.suppress(Exception):
+                await stale.stop()
+        await producer.begin_transaction(transactional_id)
+
+    producer.maybe_begin_transaction = restart  # type: ignore[method-assign]
 
 
 def _update_lag(app: faust.App, topic: str) -> None:

@@ -5,8 +5,9 @@ Figures, each the median over ``rounds`` rounds that run interleaved (so the mac
 noise falls on all of them alike):
 
 - baseline_fps: one in-process loop decoding, preprocessing (camstream.imaging) and
-  classifying with the same ONNX model in onnxruntime, batch 1, on ``threads`` threads
-  (streams.bench_baseline, in the model environment).
+  classifying as many frames as a pipeline round, with the same ONNX model in
+  onnxruntime, batch 1, on ``threads`` threads (streams.bench_baseline, in the model
+  environment).
 - triton_fps: bare Triton, the same model input sent over async gRPC, as many
   requests in flight as the worker keeps.
 - pipeline_fps: frames through the whole stack (Kafka -> worker -> Triton -> Feast ->
@@ -176,7 +177,9 @@ async def _bare_triton(
         await client.close()
 
 
-def _baseline(model_env_python: Path, model: Path, frames_dir: Path, threads: int) -> float:
+def _baseline(
+    model_env_python: Path, model: Path, frames_dir: Path, threads: int, count: int
+) -> float:
     environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS=str(threads))
     result = subprocess.run(
         [
@@ -191,6 +194,8 @@ def _baseline(model_env_python: Path, model: Path, frames_dir: Path, threads: in
             str(threads),
             "--rounds",
             "1",
+            "--count",
+            str(count),
         ],
         cwd=REPO_ROOT,
         env=environ,
@@ -240,7 +245,9 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
             _publish(producer, settings.frames_topic, frames, sizes, warm, 40, None)
             reader.wait_for("warm-", 40, 120)
             for r in range(config.rounds):
-                baseline.append(_baseline(env.bin_dir / "python", model_onnx, frames_dir, 2))
+                baseline.append(
+                    _baseline(env.bin_dir / "python", model_onnx, frames_dir, 2, config.frames)
+                )
                 bare.append(
                     asyncio.run(
                         _bare_triton(

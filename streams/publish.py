@@ -28,8 +28,12 @@ PUBLISH_FAILURES = Counter(
     ["topic", "error"],
 )
 
-# (topic, key, value, headers) -> a future that resolves once Kafka acknowledged it.
-Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]] | None], Awaitable[Any]]
+# (topic, key, value, headers, partition) -> a future that resolves once Kafka
+# acknowledged the record. ``partition`` is that of the frame the record comes from
+# (None for records tied to no frame); only exactly-once delivery uses it.
+Send = Callable[
+    [str, bytes | None, bytes, list[tuple[str, bytes]] | None, int | None], Awaitable[Any]
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Outgoing:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None  # the source frame's partition
 
 
 class PublishFailed(RuntimeError):
@@ -88,7 +93,9 @@ class Publisher:
         failed: list[tuple[Outgoing, BaseException]] = []
         for record in records:
             try:
-                future = await self.send(record.topic, record.key, record.value, record.headers)
+                future = await self.send(
+                    record.topic, record.key, record.value, record.headers, record.partition
+                )
             except Exception as exc:  # refused before it left the client (e.g. too large)
                 failed.append((record, exc))
             else:

@@ -139,8 +139,14 @@ def _ms(seconds: float) -> float:
 
 
 class BatchProcessor:
-    def __init__(self, settings: Settings, send: Send) -> None:
+    def __init__(
+        self, settings: Settings, send: Send, publish_guard: asyncio.Lock | None = None
+    ) -> None:
         self.settings = settings
+        # Held from a batch's first record sent to its frames acked. With exactly-once
+        # delivery the transaction commit takes it too, so that no transaction commits
+        # a batch's records without the batch's offsets.
+        self.publish_guard = publish_guard or asyncio.Lock()
         self.publisher = Publisher(send, settings.publish_retry_max_s)
         self.topics = Topics(settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
         self.limits = Limits(settings.max_frame_bytes, settings.max_frame_pixels)
@@ -236,9 +242,10 @@ class BatchProcessor:
             if previous is not None:
                 await asyncio.wait([previous])  # publish in the order batches were taken
             started = time.perf_counter()
-            await self._publish(batch, probs, features, enrich_s)
-            STAGE.labels("publish").observe(time.perf_counter() - started)
-            await on_published(events)
+            async with self.publish_guard:
+                await self._publish(batch, probs, features, enrich_s)
+                STAGE.labels("publish").observe(time.perf_counter() - started)
+                await on_published(events)
         except BaseException as exc:
             self._failure = exc
             log.exception("worker.batch_failed", frames=len(events))
@@ -386,7 +393,10 @@ class BatchProcessor:
                 published_ts_ms=now_ms,
             )
             key = h.camera_id.encode()
-            out.append(Outgoing(self.topics.predictions, key, prediction.to_json_bytes()))
+            partition = event.message.partition
+            out.append(
+                Outgoing(self.topics.predictions, key, prediction.to_json_bytes(), None, partition)
+            )
             PREDICTED.labels(h.camera_id).inc()
             E2E.observe(prediction.latency.end_to_end_ms / 1000.0)
             self.activity.observe(h.camera_id, h.capture_ts_ms, label, score)
@@ -398,12 +408,15 @@ class BatchProcessor:
                 frame.stats,
                 received_ms=now_ms,
             )
-            out += self._drift_records(records)
+            out += self._drift_records(records, partition)
         # Nothing is acknowledged before everything it produced is in Kafka.
         await self.publisher.deliver(out)
 
-    def _drift_records(self, records: list[DriftRecord]) -> list[Outgoing]:
-        """Drift records to publish (their Feast rows are queued for the next push)."""
+    def _drift_records(
+        self, records: list[DriftRecord], partition: int | None = None
+    ) -> list[Outgoing]:
+        """Drift records to publish (their Feast rows are queued for the next push);
+        ``partition``: that of the frame that closed the window, if a frame did."""
         out = []
         for record in records:
             DRIFT.labels(record.camera_id, str(record.drift).lower()).inc()
@@ -411,7 +424,7 @@ class BatchProcessor:
                 "drift.window", camera=record.camera_id, drift=record.drift, reasons=record.reasons
             )
             key = record.camera_id.encode()
-            out.append(Outgoing(self.topics.drift, key, record.to_json_bytes()))
+            out.append(Outgoing(self.topics.drift, key, record.to_json_bytes(), None, partition))
             self.pusher.offer(DRIFT_PUSH_SOURCE, drift_feature_row(record))
         return out
 
@@ -437,4 +450,5 @@ class BatchProcessor:
         )
         out = [(k, v) for k, v in headers.items() if k not in ("error-kind", "error-message")]
         out += [("error-kind", exc.kind.encode()), ("error-message", str(exc).encode())]
-        return Outgoing(self.topics.dlq, event.message.key, event.value or b"", out)
+        value = event.value or b""
+        return Outgoing(self.topics.dlq, event.message.key, value, out, event.message.partition)

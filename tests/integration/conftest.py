@@ -7,18 +7,22 @@ plain Kafka consumers, as a downstream service would.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import cv2
 import jsonschema
 import pytest
 from confluent_kafka import Consumer, Message, Producer
 
 from camstream.cameras import CameraSpec
 from camstream.featurestore import open_store, upsert_cameras
+from camstream.imaging import encode_jpeg
 from camstream.records import FrameHeaders
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.assets import SampleAssets
@@ -64,11 +68,13 @@ class Stack:
         done: Callable[[list[Message]], bool],
         timeout_s: float = 90.0,
         camera_ids: set[str] | None = None,
+        isolation: str = "read_committed",
     ) -> list[Message]:
         """Read ``topic`` from the start until ``done(messages)`` or the timeout."""
         consumer = Consumer(
             {
                 "bootstrap.servers": self.info.kafka_bootstrap,
+                "isolation.level": isolation,
                 "group.id": f"test-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -96,6 +102,78 @@ def schema_validator(name: str) -> jsonschema.protocols.Validator:
     schema = json.loads((REPO_ROOT / "schemas" / name).read_text())
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)  # type: ignore[no-any-return]
+
+
+class Feed(threading.Thread):
+    """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        cameras: list[str],
+        fps: float,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(daemon=True)
+        image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
+        if size is not None:
+            image = cv2.resize(image, size)
+        self.jpeg = encode_jpeg(image, 95 if size else 90)
+        self.size = (image.shape[1], image.shape[0])
+        self.stack = stack
+        self.cameras = cameras
+        self.fps = fps
+        self.halt = threading.Event()
+        self.delivered: set[tuple[str, int]] = set()
+        self.producer = Producer(
+            {"bootstrap.servers": stack.info.kafka_bootstrap, "acks": "all", "linger.ms": 5}
+        )
+
+    def _on_delivery(self, camera: str, seq: int) -> Any:
+        def done(err: Any, _msg: Any) -> None:
+            if err is None:
+                self.delivered.add((camera, seq))
+
+        return done
+
+    def run(self) -> None:
+        seq = 0
+        while not self.halt.is_set():
+            seq += 1
+            for camera in self.cameras:
+                meta = FrameHeaders(camera, seq, int(time.time() * 1000), *self.size)
+                self.producer.produce(
+                    self.stack.settings.frames_topic,
+                    value=self.jpeg,
+                    key=camera.encode(),
+                    headers=meta.to_kafka(),
+                    on_delivery=self._on_delivery(camera, seq),
+                )
+            self.producer.poll(0)
+            self.halt.wait(1.0 / self.fps)
+        self.producer.flush(15)
+
+
+def predictions_of(stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]) -> list[dict]:
+    """The predictions of ``cameras`` (read_committed) once they cover ``wanted``."""
+
+    def covered(messages: list[Any]) -> bool:
+        got = {(m.key().decode(), json.loads(m.value())["seq"]) for m in messages}
+        return wanted <= got
+
+    messages = stack.collect(
+        stack.settings.predictions_topic, covered, timeout_s=120, camera_ids=cameras
+    )
+    return [json.loads(m.value()) for m in messages]
+
+
+def metric_sum(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` (a prefix: labels may follow) in ``text``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 @pytest.fixture(scope="session")

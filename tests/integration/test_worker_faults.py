@@ -10,25 +10,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from camstream.cameras import CameraSpec
-from camstream.imaging import encode_jpeg
-from camstream.records import FrameHeaders
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Feed, Stack, metric_sum, predictions_of
 from tests.support.live import slow_model_repository
 
 pytestmark = pytest.mark.integration
@@ -58,75 +53,6 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
         local.stop()
 
 
-class Feed(threading.Thread):
-    """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs."""
-
-    def __init__(
-        self,
-        stack: Stack,
-        cameras: list[str],
-        fps: float,
-        size: tuple[int, int] | None = None,
-    ) -> None:
-        super().__init__(daemon=True)
-        image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
-        if size is not None:
-            image = cv2.resize(image, size)
-        self.jpeg = encode_jpeg(image, 95 if size else 90)
-        self.size = (image.shape[1], image.shape[0])
-        self.stack = stack
-        self.cameras = cameras
-        self.fps = fps
-        self.halt = threading.Event()
-        self.delivered: set[tuple[str, int]] = set()
-        self.producer = Producer(
-            {"bootstrap.servers": stack.info.kafka_bootstrap, "acks": "all", "linger.ms": 5}
-        )
-
-    def _on_delivery(self, camera: str, seq: int) -> Any:
-        def done(err: Any, _msg: Any) -> None:
-            if err is None:
-                self.delivered.add((camera, seq))
-
-        return done
-
-    def run(self) -> None:
-        seq = 0
-        while not self.halt.is_set():
-            seq += 1
-            for camera in self.cameras:
-                meta = FrameHeaders(camera, seq, int(time.time() * 1000), *self.size)
-                self.producer.produce(
-                    self.stack.settings.frames_topic,
-                    value=self.jpeg,
-                    key=camera.encode(),
-                    headers=meta.to_kafka(),
-                    on_delivery=self._on_delivery(camera, seq),
-                )
-            self.producer.poll(0)
-            self.halt.wait(1.0 / self.fps)
-        self.producer.flush(15)
-
-
-def _predictions(stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]) -> list[dict]:
-    def covered(messages: list[Any]) -> bool:
-        got = {(m.key().decode(), json.loads(m.value())["seq"]) for m in messages}
-        return wanted <= got
-
-    messages = stack.collect(
-        stack.settings.predictions_topic, covered, timeout_s=120, camera_ids=cameras
-    )
-    return [json.loads(m.value()) for m in messages]
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float) -> float:
     """Run ``feed``; after 4 s apply ``fault``, and ``repair`` it ``fault_s`` later.
     Returns the largest consumer lag seen meanwhile."""
@@ -139,7 +65,7 @@ def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_
             deadline = time.monotonic() + fault_s
             while time.monotonic() < deadline:
                 time.sleep(1)
-                lag = _metric(local.worker_metrics(), "camstream_worker_consumer_lag")
+                lag = metric_sum(local.worker_metrics(), "camstream_worker_consumer_lag")
                 max_lag = max(max_lag, lag)
         finally:
             repair()
@@ -161,15 +87,15 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     max_lag = _feed_through(local, feed, local.pause_triton, local.resume_triton, fault_s=15)
 
     # Then every acknowledged frame has a prediction, from the same worker process
-    predictions = _predictions(stack, set(cameras), feed.delivered)
+    predictions = predictions_of(stack, set(cameras), feed.delivered)
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     assert len(feed.delivered) > 2 * 8 * 20
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
     # and the backlog grew in Kafka while Triton was away, and failures were counted
     assert max_lag > 50
     metrics = local.worker_metrics()
-    assert _metric(metrics, "camstream_worker_triton_failures_total") > 0
-    assert _metric(metrics, "camstream_worker_breaker_state") == 0
+    assert metric_sum(metrics, "camstream_worker_triton_failures_total") > 0
+    assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
 
 
 def test_triton_stopped_and_started_again_loses_no_frame(
@@ -184,13 +110,13 @@ def test_triton_stopped_and_started_again_loses_no_frame(
     max_lag = _feed_through(local, feed, local.stop_triton, local.start_triton, fault_s=10)
 
     # Then every acknowledged frame has a prediction, from the same worker process
-    predictions = _predictions(stack, set(cameras), feed.delivered)
+    predictions = predictions_of(stack, set(cameras), feed.delivered)
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
     assert max_lag > 50
     metrics = local.worker_metrics()
-    assert _metric(metrics, 'camstream_worker_triton_failures_total{reason="error"}') > 0
-    assert _metric(metrics, "camstream_worker_breaker_state") == 0
+    assert metric_sum(metrics, 'camstream_worker_triton_failures_total{reason="error"}') > 0
+    assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
 
 
 def _rss_mb(pid: int) -> float:
@@ -222,9 +148,9 @@ def test_slow_model_keeps_worker_memory_bounded_while_lag_grows(
         feed.start()
         for _ in range(40):
             time.sleep(1)
-            lag = _metric(local.worker_metrics(), "camstream_worker_consumer_lag")
+            lag = metric_sum(local.worker_metrics(), "camstream_worker_consumer_lag")
             samples.append((lag, _rss_mb(worker_pid)))
-        predicted = _metric(local.worker_metrics(), "camstream_worker_predictions_total")
+        predicted = metric_sum(local.worker_metrics(), "camstream_worker_predictions_total")
         survived = local.workers[0].running()
     finally:
         feed.halt.set()
@@ -283,11 +209,11 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
 
     # Then the refused records were sent again: every acknowledged frame has a
     # prediction, from the same worker, and the frames waited in Kafka meanwhile
-    predictions = _predictions(stack, set(cameras), feed.delivered)
+    predictions = predictions_of(stack, set(cameras), feed.delivered)
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
     assert max_lag > 50
-    failures = _metric(local.worker_metrics(), "camstream_worker_publish_failures_total")
+    failures = metric_sum(local.worker_metrics(), "camstream_worker_publish_failures_total")
     assert failures > 0
 
 
@@ -304,7 +230,7 @@ def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flo
     # Given the known camera's features are cached by the worker
     stack.publish(producer, known.id, 1, jpeg, width, height)
     producer.flush(10)
-    (first,) = _predictions(stack, {known.id}, {(known.id, 1)})
+    (first,) = predictions_of(stack, {known.id}, {(known.id, 1)})
     assert first["enrichment"] == "ok"
 
     # When the online store is locked (no reader gets in) while both cameras send
@@ -318,7 +244,7 @@ def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flo
             producer.flush(10)
             time.sleep(0.2)
         wanted = {(c, s) for c in (known.id, fresh.id) for s in range(2, 12)}
-        during = _predictions(stack, {known.id, fresh.id}, wanted)
+        during = predictions_of(stack, {known.id, fresh.id}, wanted)
     finally:
         lock.rollback()
         lock.close()
@@ -339,7 +265,7 @@ def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flo
     stack.publish(producer, fresh.id, 100, jpeg, width, height)
     stack.publish(producer, fresh.id, 101, jpeg, width, height)
     producer.flush(10)
-    after = _predictions(stack, {fresh.id}, {(fresh.id, 100), (fresh.id, 101)})
+    after = predictions_of(stack, {fresh.id}, {(fresh.id, 100), (fresh.id, 101)})
     assert [p["enrichment"] for p in after if p["seq"] == 101] == ["ok"]
 
 
@@ -362,7 +288,7 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing(
         feed.join(30)
 
     # Then every acknowledged (camera, seq) has a prediction; duplicates are reported
-    predictions = _predictions(stack, set(cameras), feed.delivered)
+    predictions = predictions_of(stack, set(cameras), feed.delivered)
     counts = Counter((p["camera_id"], p["seq"]) for p in predictions)
     assert set(counts) >= feed.delivered
     duplicates = sum(n - 1 for n in counts.values())
@@ -403,7 +329,7 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(
 
     # Then every frame is predicted, and the survivor took the victim's cameras within
     # the session timeout (plus the rebalance)
-    predictions = _predictions(stack, set(cameras), feed.delivered)
+    predictions = predictions_of(stack, set(cameras), feed.delivered)
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     victims_cameras = {p["camera_id"] for p in predictions if p["worker"] == victim}
     assert victims_cameras

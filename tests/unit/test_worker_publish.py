@@ -22,7 +22,7 @@ class FlakyBroker:
         self.stored: list[bytes] = []
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Any
+        self, topic: str, key: bytes | None, value: bytes, headers: Any, partition: int | None
     ) -> asyncio.Future[None]:
         self.attempts[value] += 1
         if self.refuse_at_send.get(value, 0) > 0:
