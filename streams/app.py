@@ -121,7 +121,13 @@ def build_app(settings: Settings) -> faust.App:
         send = _transactional_send(app, settings.frames_topic)
         _guard_commits(app, publish_guard)
         _fresh_transactions(app)
-    processor = BatchProcessor(settings, send, publish_guard)
+
+    async def fail(exc: BaseException) -> None:
+        # A batch failed for good: stop the worker (non-zero exit) rather than go on
+        # past frames that will never be acked. A restart takes them up again.
+        asyncio.get_running_loop().create_task(app.crash(exc))
+
+    processor = BatchProcessor(settings, send, publish_guard, on_failure=fail)
 
     @app.agent(frames)
     async def classify(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

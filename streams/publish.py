@@ -7,6 +7,12 @@ fills, consumption stops and the backlog waits in Kafka, as in a Triton outage. 
 record sent again may be published twice (at-least-once: every record carries its
 ``dedup_key``). Only a stopping worker gives up, leaving its frames uncommitted for the
 next one.
+
+Inside a Kafka transaction (exactly-once delivery) a refused record cannot be sent
+again: the producer's sequence is broken and the transaction can only be aborted. So
+there the first failure is final (``retry=False``) and the worker stops; its open
+transactions are aborted when it (or another worker) takes the partitions again, and
+those frames are classified again from the last commit.
 """
 
 from __future__ import annotations
@@ -60,17 +66,24 @@ class PublishFailed(RuntimeError):
 
 
 class Publisher:
-    def __init__(self, send: Send, retry_max_s: float, retry_initial_s: float = 0.1) -> None:
+    def __init__(
+        self, send: Send, retry_max_s: float, retry_initial_s: float = 0.1, retry: bool = True
+    ) -> None:
         self.send = send
         self.retry_max_s = retry_max_s
         self.retry_initial_s = retry_initial_s
+        self.retry = retry
         self.stopping = False
 
     async def deliver(self, records: list[Outgoing]) -> None:
         """Publish ``records``; returns once Kafka acknowledged all of them.
 
-        Raises PublishFailed only when the worker is stopping.
+        Raises PublishFailed only when the worker is stopping, or at the first failure
+        when sending again is off.
         """
+        if not self.retry:
+            await self._send_round(records)
+            return
         remaining = records
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(PublishFailed),

@@ -140,14 +140,23 @@ def _ms(seconds: float) -> float:
 
 class BatchProcessor:
     def __init__(
-        self, settings: Settings, send: Send, publish_guard: asyncio.Lock | None = None
+        self,
+        settings: Settings,
+        send: Send,
+        publish_guard: asyncio.Lock | None = None,
+        on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        # Called once when a micro-batch fails for good (its frames stay uncommitted);
+        # the app stops the worker, so that a restart takes them up again.
+        self.on_failure = on_failure
         # Held from a batch's first record sent to its frames acked. With exactly-once
         # delivery the transaction commit takes it too, so that no transaction commits
         # a batch's records without the batch's offsets.
         self.publish_guard = publish_guard or asyncio.Lock()
-        self.publisher = Publisher(send, settings.publish_retry_max_s)
+        self.publisher = Publisher(
+            send, settings.publish_retry_max_s, retry=settings.delivery != "exactly_once"
+        )
         self.topics = Topics(settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
         self.limits = Limits(settings.max_frame_bytes, settings.max_frame_pixels)
         self.labels = load_labels(settings.labels_path)
@@ -241,14 +250,22 @@ class BatchProcessor:
             STAGE.labels("enrich").observe(enrich_s)
             if previous is not None:
                 await asyncio.wait([previous])  # publish in the order batches were taken
+            if self._failure is not None:  # nothing is published after a failed batch
+                raise RuntimeError("an earlier micro-batch failed") from self._failure
             started = time.perf_counter()
             async with self.publish_guard:
                 await self._publish(batch, probs, features, enrich_s)
                 STAGE.labels("publish").observe(time.perf_counter() - started)
                 await on_published(events)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:
-            self._failure = exc
-            log.exception("worker.batch_failed", frames=len(events))
+            first = self._failure is None
+            if first:
+                self._failure = exc
+                log.exception("worker.batch_failed", frames=len(events))
+                if self.on_failure is not None and not self._stopping:
+                    await self.on_failure(exc)
             raise
         finally:
             INFLIGHT_BATCHES.dec()

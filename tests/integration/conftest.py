@@ -19,6 +19,7 @@ import cv2
 import jsonschema
 import pytest
 from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from camstream.cameras import CameraSpec
 from camstream.featurestore import open_store, upsert_cameras
@@ -58,6 +59,15 @@ class Stack:
             key=camera_id.encode(),
             headers=headers if headers is not None else meta.to_kafka(),
         )
+
+    def limit_record_bytes(self, topic: str, limit: int | None) -> None:
+        """Set ``topic``'s max.message.bytes (None: back to the broker's default)."""
+        op = AlterConfigOpType.DELETE if limit is None else AlterConfigOpType.SET
+        entry = ConfigEntry("max.message.bytes", str(limit or 0), incremental_operation=op)
+        resource = ConfigResource("TOPIC", topic, incremental_configs=[entry])
+        admin = AdminClient({"bootstrap.servers": self.info.kafka_bootstrap})
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=10)
 
     def register(self, *cameras: CameraSpec) -> None:
         upsert_cameras(open_store(Path(self.info.feast_repo)), list(cameras))

@@ -133,6 +133,42 @@ def test_read_committed_consumers_see_predictions_within_the_commit_interval(
     assert q[18] < 500 + 1500
 
 
+def test_kafka_refusing_a_prediction_stops_the_worker_and_a_restart_loses_nothing(
+    eos: tuple[Stack, LocalStack],
+) -> None:
+    stack, local = eos
+    cameras = ["eos-refused-a", "eos-refused-b"]
+    topic = stack.settings.predictions_topic
+    feed = Feed(stack, cameras, fps=8)
+    feed.start()
+    try:
+        # Given frames flowing, when the predictions topic refuses records (a
+        # transaction cannot send a refused record again)
+        time.sleep(4)
+        stack.limit_record_bytes(topic, 200)
+        try:
+            # Then the worker stops with an error instead of stalling
+            deadline = time.monotonic() + 30
+            while local.workers[0].running() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not local.workers[0].running()
+            returncode = local.workers[0].stop()
+            assert returncode not in (0, None)
+        finally:
+            stack.limit_record_bytes(topic, None)
+        # and once the topic takes records again, a restarted worker (a supervisor's
+        # job) publishes every prediction exactly once
+        local.restart_worker(0)
+        time.sleep(4)
+    finally:
+        feed.halt.set()
+        feed.join(30)
+
+    counts = _counts(predictions_of(stack, set(cameras), feed.delivered))
+    assert set(counts) >= feed.delivered
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:10]
+
+
 def test_worker_killed_and_restarted_publishes_every_prediction_exactly_once(
     eos: tuple[Stack, LocalStack], record_property: Any
 ) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from camstream.cameras import CameraSpec
 from camstream.settings import Settings
@@ -187,14 +186,7 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
     stack, local = faults
     cameras = ["refused-a", "refused-b"]
     worker_pid = local.workers[0].pid
-    admin = AdminClient({"bootstrap.servers": stack.info.kafka_bootstrap})
     topic = stack.settings.predictions_topic
-
-    def limit(op: AlterConfigOpType) -> None:
-        entry = ConfigEntry("max.message.bytes", "200", incremental_operation=op)
-        resource = ConfigResource("TOPIC", topic, incremental_configs=[entry])
-        for future in admin.incremental_alter_configs([resource]).values():
-            future.result(timeout=10)
 
     # Given frames flowing, when the predictions topic refuses every record for 10 s
     # (records larger than its max.message.bytes) and is then set right
@@ -202,8 +194,8 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
     max_lag = _feed_through(
         local,
         feed,
-        lambda: limit(AlterConfigOpType.SET),
-        lambda: limit(AlterConfigOpType.DELETE),
+        lambda: stack.limit_record_bytes(topic, 200),
+        lambda: stack.limit_record_bytes(topic, None),
         fault_s=10,
     )
 

@@ -68,3 +68,12 @@ def test_a_stopping_publisher_gives_up_and_names_what_was_not_published() -> Non
     asyncio.run(scenario())
     assert broker.stored == [b"a"]
     assert broker.attempts[b"b"] > 3
+
+
+def test_without_retries_the_first_refusal_is_final() -> None:
+    broker = FlakyBroker(refuse={b"b": 1}, refuse_at_send={})
+    publisher = Publisher(broker.send, retry_max_s=0.01, retry=False)
+
+    with pytest.raises(PublishFailed, match="NotEnoughReplicas"):
+        asyncio.run(publisher.deliver(_records(b"a", b"b")))
+    assert broker.attempts == {b"a": 1, b"b": 1}
