@@ -122,10 +122,14 @@ def build_app(settings: Settings) -> faust.App:
         _guard_commits(app, publish_guard)
         _fresh_transactions(app)
 
+    crashing: set[asyncio.Task[None]] = set()  # a strong reference until it is done
+
     async def fail(exc: BaseException) -> None:
         # A batch failed for good: stop the worker (non-zero exit) rather than go on
         # past frames that will never be acked. A restart takes them up again.
-        asyncio.get_running_loop().create_task(app.crash(exc))
+        task = asyncio.get_running_loop().create_task(app.crash(exc))
+        crashing.add(task)
+        task.add_done_callback(crashing.discard)
 
     processor = BatchProcessor(settings, send, publish_guard, on_failure=fail)
 

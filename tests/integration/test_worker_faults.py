@@ -98,15 +98,22 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
 
 
 def test_triton_stopped_and_started_again_loses_no_frame(
-    faults: tuple[Stack, LocalStack],
+    faults: tuple[Stack, LocalStack], record_property: Any
 ) -> None:
     stack, local = faults
     cameras = ["restart-a", "restart-b"]
     worker_pid = local.workers[0].pid
     feed = Feed(stack, cameras, fps=8)
+    back_ms = 0.0
+
+    def start() -> None:
+        nonlocal back_ms
+        local.start_triton()
+        back_ms = time.time() * 1000
+
     # Given frames flowing, when Triton is stopped (connections refused) for 10 s and
     # started again on the same address
-    max_lag = _feed_through(local, feed, local.stop_triton, local.start_triton, fault_s=10)
+    max_lag = _feed_through(local, feed, local.stop_triton, start, fault_s=10)
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
@@ -116,6 +123,14 @@ def test_triton_stopped_and_started_again_loses_no_frame(
     metrics = local.worker_metrics()
     assert metric_sum(metrics, 'camstream_worker_triton_failures_total{reason="error"}') > 0
     assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
+    # and the worker found the server again soon after it was back (gRPC's reconnect
+    # backoff is capped at CAMSTREAM_TRITON_RETRY_MAX_S, 1 s here)
+    found_s = (
+        min(p["published_ts_ms"] for p in predictions if p["published_ts_ms"] > back_ms) - back_ms
+    ) / 1000
+    record_property("first_prediction_after_restart_s", round(found_s, 2))
+    print(f"triton restart: first prediction {found_s:.2f}s after the server was ready")
+    assert found_s < 4
 
 
 def _rss_mb(pid: int) -> float:
