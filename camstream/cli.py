@@ -78,7 +78,8 @@ def up(
     quiet: Annotated[bool, typer.Option(help="Do not print predictions as they flow.")] = False,
 ) -> None:
     """Start the local stack (Kafka, Triton, Feast, a worker, sample producers) and show
-    predictions as they flow. Ctrl-C or SIGTERM stops every process it started."""
+    predictions as they flow; a worker that exits is started again. Ctrl-C or SIGTERM
+    stops every process it started."""
     from camstream.stack.local import LocalStack
     from camstream.stack.setup import prepare, sample_cameras
 
@@ -86,7 +87,7 @@ def up(
     stop = _stop_event()
     prepared = prepare(settings)
     cameras = sample_cameras(prepared.assets) if producers else []
-    stack = LocalStack(settings, cameras)
+    stack = LocalStack(settings, cameras, supervise=True)
     try:
         info = stack.start()
         _out(f"camstream stack up in {info.startup_s}s (state: {info.state_dir}/stack.json)")

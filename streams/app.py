@@ -135,6 +135,13 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(frames)
     async def classify(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        if settings.delivery == "exactly_once":
+            for output in outputs.values():
+                await output.maybe_declare()  # with topic_partitions, if missing
+            problem = await _partition_mismatch(app, settings)
+            if problem:
+                await app.crash(SystemExit(problem))
+                return
         await processor.start()
         READY.set(1)
 
@@ -199,6 +206,23 @@ def _transactional_send(app: faust.App, frames_topic: str) -> Any:
             return done
 
     return send
+
+
+async def _partition_mismatch(app: faust.App, settings: Settings) -> str | None:
+    """exactly_once puts each record in its frame's partition number: every output
+    topic needs at least the frames topic's partitions. What is wrong, or None."""
+    client = app.producer._producer  # aiokafka's producer: partitions_for is public
+    frames = len(await client.partitions_for(settings.frames_topic))
+    for topic in (settings.predictions_topic, settings.drift_topic, settings.dlq_topic):
+        count = len(await client.partitions_for(topic))
+        if count < frames:
+            return (
+                f"camstream: CAMSTREAM_DELIVERY=exactly_once needs {topic} to have at least "
+                f"as many partitions as {settings.frames_topic} ({frames}), it has {count}: "
+                f"add partitions (kafka-topics.sh --alter --topic {topic} --partitions "
+                f"{frames}) or use CAMSTREAM_DELIVERY=at_least_once"
+            )
+    return None
 
 
 def _guard_commits(app: faust.App, guard: asyncio.Lock) -> None:

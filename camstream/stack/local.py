@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -94,7 +95,10 @@ class LocalStack:
         cameras: list[CameraSpec] | None = None,
         worker_env: dict[str, str] | None = None,
         workers: int = 1,
+        supervise: bool = False,
     ) -> None:
+        """``supervise``: start a worker again when it exits (`camstream up` does; the
+        fault tests kill and restart workers themselves)."""
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
@@ -107,6 +111,9 @@ class LocalStack:
         self.producer: ManagedProcess | None = None
         self.info: StackInfo | None = None
         self._triton_paused = False
+        self._supervise = supervise
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # Start ----------------------------------------------------------------------------
 
@@ -127,6 +134,11 @@ class LocalStack:
         assert self.info is not None
         self.info.startup_s = round(time.monotonic() - started, 1)
         self._write_state()
+        if self._supervise:
+            self._supervisor = threading.Thread(
+                target=self._restart_exited_workers, name="supervisor", daemon=True
+            )
+            self._supervisor.start()
         return self.info
 
     def _start_services(self) -> None:
@@ -241,6 +253,33 @@ class LocalStack:
         self.workers[index] = self._start_worker(index)
         return self.workers[index]
 
+    def _restart_exited_workers(self, interval_s: float = 1.0, max_delay_s: float = 60.0) -> None:
+        """Start again any worker that exited (a crash, or a batch that failed for good).
+        One that exits within a minute of its start waits twice as long each time."""
+        started = {index: time.monotonic() for index in range(len(self.workers))}
+        delay: dict[int, float] = {}
+        while not self._stopping.wait(interval_s):
+            for index, process in enumerate(list(self.workers)):
+                if process.running() or self._stopping.is_set():
+                    continue
+                returncode = process.stop()
+                quick = time.monotonic() - started.get(index, 0.0) < 60
+                delay[index] = min(delay.get(index, interval_s) * 2, max_delay_s) if quick else 0
+                log.warning(
+                    "stack.worker_exited",
+                    worker=index,
+                    returncode=returncode,
+                    restart_in_s=delay[index],
+                )
+                if self._stopping.wait(delay[index]):
+                    return
+                started[index] = time.monotonic()
+                try:
+                    self.restart_worker(index)
+                    self._write_state()
+                except Exception:
+                    log.exception("stack.worker_restart_failed", worker=index)
+
     def worker_metrics(self, index: int = 0) -> str:
         assert self.info is not None
         return _scrape(self.info.metrics_ports[self._worker_name(index)])
@@ -283,6 +322,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop producers first (they flush), then workers (they commit), then servers."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=120)
         if self._triton_paused:
             with contextlib.suppress(Exception):
                 self.resume_triton()

@@ -1,6 +1,6 @@
 """`camstream up` as an operator runs it: predictions from both sample cameras appear,
-`camstream status` reports the endpoints, and SIGTERM leaves no process, port, state
-file or shared memory behind."""
+`camstream status` reports the endpoints, a worker that dies is started again, and
+SIGTERM leaves no process, port, state file or shared memory behind."""
 
 from __future__ import annotations
 
@@ -75,6 +75,18 @@ def test_up_shows_both_sample_cameras_and_sigterm_stops_everything(tmp_path: Pat
         kafka_port = int(info["kafka_bootstrap"].rsplit(":", 1)[1])
         grpc_port = int(info["triton_grpc"].rsplit(":", 1)[1])
         assert port_open(kafka_port) and port_open(grpc_port)
+
+        # When the worker dies, then `camstream up` starts another one
+        first_worker = info["pids"]["worker"]
+        os.kill(first_worker, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            info = json.loads((state / "stack.json").read_text())
+            if info["pids"]["worker"] != first_worker and _alive(info["pids"]["worker"]):
+                break
+        assert info["pids"]["worker"] != first_worker, "the dead worker was not replaced"
+        assert not _alive(first_worker)
     finally:
         # When it gets SIGTERM
         up.send_signal(signal.SIGTERM)

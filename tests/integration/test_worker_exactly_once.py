@@ -7,14 +7,19 @@ consumer must see every acknowledged frame's prediction exactly once. Real Kafka
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
@@ -205,16 +210,18 @@ def test_worker_killed_and_restarted_publishes_every_prediction_exactly_once(
     )
 
 
-def test_one_of_two_workers_killed_still_publishes_every_prediction_exactly_once(
+def test_a_worker_joining_and_dying_still_publishes_every_prediction_exactly_once(
     eos: tuple[Stack, LocalStack], record_property: Any
 ) -> None:
     stack, local = eos
-    local.add_worker()
     cameras = [f"eos-scale-{i}" for i in range(8)]
     feed = Feed(stack, cameras, fps=4)
     feed.start()
     try:
-        # Given two workers sharing the cameras' partitions
+        # Given a second worker joining mid-stream (a rebalance that moves partitions
+        # away from the first one)
+        time.sleep(4)
+        local.add_worker()
         time.sleep(6)
         # When the second one dies with SIGKILL
         local.kill_worker(1)
@@ -231,3 +238,37 @@ def test_one_of_two_workers_killed_still_publishes_every_prediction_exactly_once
     assert len({p["worker"] for p in predictions}) == 2
     revoked = metric_sum(local.worker_metrics(0), "camstream_worker_records_revoked_total")
     record_property("records_revoked", revoked)
+
+
+def test_exactly_once_stops_a_worker_whose_output_topic_has_too_few_partitions(
+    eos: tuple[Stack, LocalStack], tmp_path: Path
+) -> None:
+    stack, _local = eos
+    prefix = "narrow."
+    admin = AdminClient({"bootstrap.servers": stack.info.kafka_bootstrap})
+    topics = [NewTopic(f"{prefix}frames", 4, 1), NewTopic(f"{prefix}predictions", 1, 1)]
+    for future in admin.create_topics(topics).values():
+        future.result(timeout=30)
+    env = {
+        **os.environ,
+        **stack.info.env(),
+        "CAMSTREAM_TOPIC_PREFIX": prefix,
+        "CAMSTREAM_DELIVERY": "exactly_once",
+        "CAMSTREAM_WORKER_NAME": "narrow-worker",
+        "CAMSTREAM_WORKER_DATA_DIR": str(tmp_path / "worker"),
+    }
+    # When a worker starts on a predictions topic narrower than its frames topic
+    result = subprocess.run(
+        [sys.executable, "-m", "camstream", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Then it stops, and says what to fix
+    assert result.returncode != 0
+    assert (
+        f"needs {prefix}predictions to have at least as many partitions as "
+        f"{prefix}frames (4), it has 1" in result.stderr
+    ), result.stderr[-3000:]
