@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,15 @@ class Feed(threading.Thread):
             {"bootstrap.servers": stack.info.kafka_bootstrap, "acks": "all", "linger.ms": 5}
         )
 
+    def __enter__(self) -> Feed:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Stop publishing and wait for the last deliveries."""
+        self.halt.set()
+        self.join(30)
+
     def _on_delivery(self, camera: str, seq: int) -> Any:
         def done(err: Any, _msg: Any) -> None:
             if err is None:
@@ -162,6 +172,22 @@ class Feed(threading.Thread):
             self.producer.poll(0)
             self.halt.wait(1.0 / self.fps)
         self.producer.flush(15)
+
+
+def prediction_counts(predictions: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
+    """How many predictions each (camera, seq) got."""
+    return Counter((p["camera_id"], p["seq"]) for p in predictions)
+
+
+def kill_and_restart_worker(local: LocalStack, feed: Feed) -> None:
+    """With ``feed`` running: SIGKILL the worker after 5 s, start it again 2 s later,
+    and stop the feed 3 s after that."""
+    with feed:
+        time.sleep(5)
+        local.kill_worker(0)
+        time.sleep(2)
+        local.restart_worker(0)
+        time.sleep(3)
 
 
 def predictions_of(stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]) -> list[dict]:

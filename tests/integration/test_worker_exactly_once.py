@@ -24,7 +24,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
-from tests.integration.conftest import Feed, Stack, metric_sum, predictions_of
+from tests.integration.conftest import (
+    Feed,
+    Stack,
+    kill_and_restart_worker,
+    metric_sum,
+    prediction_counts,
+    predictions_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +58,10 @@ def eos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Local
         local.stop()
 
 
-def _counts(predictions: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
-    return Counter((p["camera_id"], p["seq"]) for p in predictions)
+def _assert_each_once(counts: Counter[tuple[str, int]], delivered: set[tuple[str, int]]) -> None:
+    """Every delivered frame has a prediction, and none has two."""
+    assert set(counts) >= delivered
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:10]
 
 
 def _uncommitted_view(stack: Stack, cameras: set[str]) -> Counter[tuple[str, int]]:
@@ -64,7 +73,7 @@ def _uncommitted_view(stack: Stack, cameras: set[str]) -> Counter[tuple[str, int
         camera_ids=cameras,
         isolation="read_uncommitted",
     )
-    return _counts([json.loads(m.value()) for m in messages])
+    return prediction_counts([json.loads(m.value()) for m in messages])
 
 
 def _control_records(stack: Stack, topic: str) -> int:
@@ -116,16 +125,13 @@ def test_read_committed_consumers_see_predictions_within_the_commit_interval(
     consumer.subscribe([stack.settings.predictions_topic])
     try:
         consumer.poll(2)  # joined, positioned at the end
-        feed = Feed(stack, cameras, fps=8)
-        feed.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error() and msg.key().decode() in cameras:
-                record = json.loads(msg.value())
-                seen.append(time.time() * 1000 - record["published_ts_ms"])
-        feed.halt.set()
-        feed.join(30)
+        with Feed(stack, cameras, fps=8):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is not None and not msg.error() and msg.key().decode() in cameras:
+                    record = json.loads(msg.value())
+                    seen.append(time.time() * 1000 - record["published_ts_ms"])
     finally:
         consumer.close()
 
@@ -145,8 +151,7 @@ def test_kafka_refusing_a_prediction_stops_the_worker_and_a_restart_loses_nothin
     cameras = ["eos-refused-a", "eos-refused-b"]
     topic = stack.settings.predictions_topic
     feed = Feed(stack, cameras, fps=8)
-    feed.start()
-    try:
+    with feed:
         # Given frames flowing, when the predictions topic refuses records (a
         # transaction cannot send a refused record again)
         time.sleep(4)
@@ -165,13 +170,9 @@ def test_kafka_refusing_a_prediction_stops_the_worker_and_a_restart_loses_nothin
         # job) publishes every prediction exactly once
         local.restart_worker(0)
         time.sleep(4)
-    finally:
-        feed.halt.set()
-        feed.join(30)
 
-    counts = _counts(predictions_of(stack, set(cameras), feed.delivered))
-    assert set(counts) >= feed.delivered
-    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:10]
+    counts = prediction_counts(predictions_of(stack, set(cameras), feed.delivered))
+    _assert_each_once(counts, feed.delivered)
 
 
 def test_worker_killed_and_restarted_publishes_every_prediction_exactly_once(
@@ -180,23 +181,13 @@ def test_worker_killed_and_restarted_publishes_every_prediction_exactly_once(
     stack, local = eos
     cameras = ["eos-kill-a", "eos-kill-b", "eos-kill-c"]
     feed = Feed(stack, cameras, fps=10)
-    feed.start()
-    try:
-        # Given frames flowing, when the worker is killed with SIGKILL and restarted
-        time.sleep(5)
-        local.kill_worker(0)
-        time.sleep(2)
-        local.restart_worker(0)
-        time.sleep(3)
-    finally:
-        feed.halt.set()
-        feed.join(30)
+    # Given frames flowing, when the worker is killed with SIGKILL and restarted
+    kill_and_restart_worker(local, feed)
 
     # Then a read_committed consumer sees every acknowledged frame's prediction once
     predictions = predictions_of(stack, set(cameras), feed.delivered)
-    counts = _counts(predictions)
-    assert set(counts) >= feed.delivered
-    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:10]
+    counts = prediction_counts(predictions)
+    _assert_each_once(counts, feed.delivered)
     # from both worker processes, and the records travelled in transactions
     assert len({p["worker"] for p in predictions}) == 2
     assert _control_records(stack, stack.settings.predictions_topic) > 0
@@ -216,8 +207,7 @@ def test_a_worker_joining_and_dying_still_publishes_every_prediction_exactly_onc
     stack, local = eos
     cameras = [f"eos-scale-{i}" for i in range(8)]
     feed = Feed(stack, cameras, fps=4)
-    feed.start()
-    try:
+    with feed:
         # Given a second worker joining mid-stream (a rebalance that moves partitions
         # away from the first one)
         time.sleep(4)
@@ -226,15 +216,11 @@ def test_a_worker_joining_and_dying_still_publishes_every_prediction_exactly_onc
         # When the second one dies with SIGKILL
         local.kill_worker(1)
         time.sleep(SESSION_TIMEOUT_S + 12)
-    finally:
-        feed.halt.set()
-        feed.join(30)
 
     # Then the survivor took over and every prediction is there exactly once
     predictions = predictions_of(stack, set(cameras), feed.delivered)
-    counts = _counts(predictions)
-    assert set(counts) >= feed.delivered
-    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:10]
+    counts = prediction_counts(predictions)
+    _assert_each_once(counts, feed.delivered)
     assert len({p["worker"] for p in predictions}) == 2
     revoked = metric_sum(local.worker_metrics(0), "camstream_worker_records_revoked_total")
     record_property("records_revoked", revoked)

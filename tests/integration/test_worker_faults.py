@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,14 @@ from camstream.cameras import CameraSpec
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
-from tests.integration.conftest import Feed, Stack, metric_sum, predictions_of
+from tests.integration.conftest import (
+    Feed,
+    Stack,
+    kill_and_restart_worker,
+    metric_sum,
+    prediction_counts,
+    predictions_of,
+)
 from tests.support.live import slow_model_repository
 
 pytestmark = pytest.mark.integration
@@ -55,9 +61,8 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
 def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float) -> float:
     """Run ``feed``; after 4 s apply ``fault``, and ``repair`` it ``fault_s`` later.
     Returns the largest consumer lag seen meanwhile."""
-    feed.start()
     max_lag = 0.0
-    try:
+    with feed:
         time.sleep(4)
         fault()
         try:
@@ -69,9 +74,6 @@ def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_
         finally:
             repair()
         time.sleep(4)
-    finally:
-        feed.halt.set()
-        feed.join(30)
     return max_lag
 
 
@@ -159,16 +161,14 @@ def test_slow_model_keeps_worker_memory_bounded_while_lag_grows(
     samples: list[tuple[float, float]] = []  # (lag, worker RSS MiB), once a second
     try:
         # Given a model slower than the cameras, when frames flow for 40 s
-        feed.start()
-        for _ in range(40):
-            time.sleep(1)
-            lag = metric_sum(local.worker_metrics(), "camstream_worker_consumer_lag")
-            samples.append((lag, _rss_mb(worker_pid)))
-        predicted = metric_sum(local.worker_metrics(), "camstream_worker_predictions_total")
-        survived = local.workers[0].running()
+        with feed:
+            for _ in range(40):
+                time.sleep(1)
+                lag = metric_sum(local.worker_metrics(), "camstream_worker_consumer_lag")
+                samples.append((lag, _rss_mb(worker_pid)))
+            predicted = metric_sum(local.worker_metrics(), "camstream_worker_predictions_total")
+            survived = local.workers[0].running()
     finally:
-        feed.halt.set()
-        feed.join(30)
         local.stop_triton()
         local.start_triton()
         del local.worker_env["CAMSTREAM_BUFFER_FRAMES"]
@@ -282,21 +282,12 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing(
     stack, local = faults
     cameras = ["kill-a", "kill-b", "kill-c"]
     feed = Feed(stack, cameras, fps=10)
-    feed.start()
-    try:
-        # Given frames flowing, when the worker is killed with SIGKILL and restarted
-        time.sleep(5)
-        local.kill_worker(0)
-        time.sleep(2)
-        local.restart_worker(0)
-        time.sleep(3)
-    finally:
-        feed.halt.set()
-        feed.join(30)
+    # Given frames flowing, when the worker is killed with SIGKILL and restarted
+    kill_and_restart_worker(local, feed)
 
     # Then every acknowledged (camera, seq) has a prediction; duplicates are reported
     predictions = predictions_of(stack, set(cameras), feed.delivered)
-    counts = Counter((p["camera_id"], p["seq"]) for p in predictions)
+    counts = prediction_counts(predictions)
     assert set(counts) >= feed.delivered
     duplicates = sum(n - 1 for n in counts.values())
     record_property("frames", len(feed.delivered))
@@ -312,8 +303,7 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(
     local.add_worker()
     cameras = [f"scale-{i}" for i in range(8)]
     feed = Feed(stack, cameras, fps=4)
-    feed.start()
-    try:
+    with feed:
         # Given two workers in one group sharing the cameras' partitions
         time.sleep(6)
         before = stack.collect(
@@ -330,9 +320,6 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(
         killed_at_ms = time.time() * 1000
         local.kill_worker(1)
         time.sleep(SESSION_TIMEOUT_S + 12)
-    finally:
-        feed.halt.set()
-        feed.join(30)
 
     # Then every frame is predicted, and the survivor took the victim's cameras within
     # the session timeout (plus the rebalance)
