@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = "camstream."
     topic_partitions: int = Field(default=4, ge=1)
+    topic_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas of the topics camstream creates; 3 on a three-broker cluster.",
+    )
     max_message_bytes: int = Field(default=1_000_000, ge=10_000)
 
     # Triton
@@ -72,6 +77,18 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(default=0.02, gt=0)
     infer_inflight: int = Field(
         default=2, ge=1, description="Triton requests a micro-batch is split into, in flight."
+    )
+    decode_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Threads decoding JPEGs (OpenCV releases the GIL); about one per core.",
+    )
+    opencv_threads: int = Field(
+        default=1,
+        ge=0,
+        description="OpenCV's own threads per call (cv2.setNumThreads); 1 because the "
+        "decode threads already keep the cores busy, 0 lets OpenCV choose.",
     )
     max_frame_bytes: int = Field(default=8_000_000, ge=1)
     max_frame_pixels: int = Field(default=40_000_000, ge=1)

@@ -1,15 +1,22 @@
 """Classification through Triton over async gRPC.
 
 One request carries a micro-batch (uint8 NHWC; the model normalises on the server, so
-the wire carries 150 KB per image instead of 600 KB). Every call has a deadline; the
-worker retries failed batches with backoff behind a circuit breaker.
+the wire carries 150 KB per image instead of 600 KB). Every call has a deadline.
+``TritonClassifier`` makes one attempt; ``ResilientClassifier`` splits a batch over
+concurrent requests and waits out an outage: failed attempts back off exponentially
+(capped) behind a circuit breaker, so consumption pauses and Kafka keeps the backlog.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 import structlog
+from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential_jitter
 from tritonclient.grpc import (
     MAX_GRPC_MESSAGE_SIZE,
@@ -20,9 +27,19 @@ from tritonclient.grpc import (
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from camstream.errors import InferenceError
 from camstream.records import ModelRef
+from streams.breaker import BreakerState, CircuitBreaker, CircuitOpen
 
 log = structlog.get_logger(__name__)
+
+TRITON_FAILURES = Counter(
+    "camstream_worker_triton_failures_total",
+    "Failed or refused Triton batch attempts",
+    ["reason"],
+)
+INFLIGHT_REQUESTS = Gauge("camstream_worker_inflight_requests", "Triton requests in flight")
+BREAKER = Gauge("camstream_worker_breaker_state", "Triton breaker: 0 closed, 1 half-open, 2 open")
 
 INPUT = "IMAGE"
 OUTPUT = "PROBS"
@@ -45,10 +62,6 @@ def channel_args(reconnect_max_s: float) -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", min(100, backoff_ms)),
         ("grpc.max_reconnect_backoff_ms", backoff_ms),
     ]
-
-
-class InferenceError(RuntimeError):
-    """Triton could not classify a batch before the deadline."""
 
 
 class TritonClassifier:
@@ -102,10 +115,72 @@ class TritonClassifier:
             )
         except InferenceServerException as exc:
             raise InferenceError(f"Triton failed on a batch of {len(images)}: {exc}") from exc
-        probs = result.as_numpy(OUTPUT)
+        probs: npt.NDArray[np.float32] | None = result.as_numpy(OUTPUT)
         if probs is None or probs.shape[0] != images.shape[0]:
             raise InferenceError("Triton returned no probabilities for the batch")
         return probs.astype(np.float32, copy=False)
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class Classifier(Protocol):
+    """One attempt at a batch: probabilities, or InferenceError."""
+
+    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
+
+
+class ResilientClassifier:
+    """Classify a batch however long Triton is away; nothing is dropped.
+
+    The batch goes as up to ``inflight`` concurrent requests, so every Triton model
+    instance has work and the dynamic batcher regroups them as it sees fit. A failed
+    attempt backs off (doubling from 0.1 s up to ``retry_max_s``); the breaker keeps
+    every batch from hammering a server that is down and lets one trial through now
+    and then.
+    """
+
+    def __init__(
+        self,
+        client: Classifier,
+        breaker: CircuitBreaker,
+        inflight: int,
+        retry_max_s: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.breaker = breaker
+        self.inflight = inflight
+        self.retry_max_s = retry_max_s
+        self._sleep = sleep
+
+    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        parts = min(self.inflight, len(images))
+        delay = 0.1
+        while True:
+            try:
+                self.breaker.before_call()
+            except CircuitOpen:
+                TRITON_FAILURES.labels("breaker_open").inc()
+                BREAKER.set(int(self.breaker.state))
+                await self._sleep(max(self.breaker.retry_in(), 0.05))
+                continue
+            INFLIGHT_REQUESTS.inc(parts)
+            try:
+                chunks = np.array_split(images, parts) if parts > 1 else [images]
+                results = await asyncio.gather(*(self.client.classify(c) for c in chunks))
+            except InferenceError as exc:
+                self.breaker.record_failure()
+                BREAKER.set(int(self.breaker.state))
+                TRITON_FAILURES.labels("error").inc()
+                log.warning("triton.unavailable", error=str(exc)[:300], retry_in_s=delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            finally:
+                INFLIGHT_REQUESTS.dec(parts)
+            if self.breaker.state is not BreakerState.CLOSED:
+                log.info("triton.recovered")
+            self.breaker.record_success()
+            BREAKER.set(0)
+            return np.concatenate(results) if len(results) > 1 else results[0]

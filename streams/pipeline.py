@@ -1,8 +1,8 @@
 """The worker's per-frame logic as plain synchronous functions; the agent only moves data.
 
 validate -> decode to model input -> (Triton) -> postprocess -> prediction record.
-Every rejection raises FrameRejected with a short ``kind`` that the DLQ and the
-metrics use.
+Every rejection raises camstream.errors.FrameRejected with a DlqKind that the DLQ and
+the metrics use.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from camstream.errors import DlqKind, FrameRejected
 from camstream.imaging import ImageError, image_statistics, jpeg_dimensions, jpeg_to_model_input
 from camstream.records import (
     UNCERTAIN,
@@ -22,14 +23,6 @@ from camstream.records import (
     FrameHeaderError,
     FrameHeaders,
 )
-
-
-class FrameRejected(ValueError):
-    """A frame that goes to the DLQ; ``kind`` is the reason's short name."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +47,10 @@ def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) 
     except FrameHeaderError as exc:
         raise FrameRejected(exc.kind, str(exc)) from exc
     if not value:
-        raise FrameRejected("empty_value", "frame value is empty")
+        raise FrameRejected(DlqKind.EMPTY_VALUE, "frame value is empty")
     if len(value) > limits.max_bytes:
         raise FrameRejected(
-            "too_large", f"frame is {len(value)} bytes; the limit is {limits.max_bytes}"
+            DlqKind.TOO_LARGE, f"frame is {len(value)} bytes; the limit is {limits.max_bytes}"
         )
     try:
         width, height = jpeg_dimensions(value)
@@ -65,15 +58,15 @@ def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) 
         raise FrameRejected(exc.kind, str(exc)) from exc
     if not value.rstrip(b"\x00").endswith(b"\xff\xd9"):
         # libjpeg would fill a cut-off scan with grey and classify half a frame.
-        raise FrameRejected("truncated_jpeg", "JPEG has no end-of-image marker: truncated")
+        raise FrameRejected(DlqKind.TRUNCATED_JPEG, "JPEG has no end-of-image marker: truncated")
     if width * height > limits.max_pixels:
         raise FrameRejected(
-            "too_many_pixels",
+            DlqKind.TOO_MANY_PIXELS,
             f"JPEG declares {width}x{height}; the limit is {limits.max_pixels} pixels",
         )
     if (width, height) != (parsed.width, parsed.height):
         raise FrameRejected(
-            "dimension_mismatch",
+            DlqKind.DIMENSION_MISMATCH,
             f"headers say {parsed.width}x{parsed.height} but the JPEG is {width}x{height}",
         )
     return parsed

@@ -1,0 +1,72 @@
+"""streams.infer.ResilientClassifier against a fake Triton: split, retry, breaker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import numpy.typing as npt
+
+from camstream.errors import InferenceError
+from streams.breaker import BreakerState, CircuitBreaker
+from streams.infer import ResilientClassifier
+
+
+class FakeTriton:
+    """Fails the first ``failures`` calls, then returns one row per image (its index)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls: list[int] = []
+
+    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        self.calls.append(len(images))
+        if self.failures > 0:
+            self.failures -= 1
+            raise InferenceError("connection refused")
+        return images[:, 0, 0, :1].astype(np.float32)
+
+
+def _images(n: int) -> npt.NDArray[np.uint8]:
+    images = np.zeros((n, 2, 2, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)
+    return images
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 3))
+        self.now += seconds
+
+
+def test_a_batch_is_split_over_concurrent_requests_and_joined_in_order() -> None:
+    triton = FakeTriton()
+    classifier = ResilientClassifier(triton, CircuitBreaker(3, 2.0), inflight=3, retry_max_s=5)
+    probs = asyncio.run(classifier.classify(_images(8)))
+    assert sorted(triton.calls) == [2, 3, 3]
+    assert probs[:, 0].tolist() == list(range(8))
+
+
+def test_failures_back_off_doubling_to_the_cap_then_the_breaker_opens_and_recovers() -> None:
+    # Given a server that fails five attempts, a breaker opening after three failures
+    clock = Clock()
+    triton = FakeTriton(failures=5)
+    breaker = CircuitBreaker(3, reset_s=2.0, clock=clock)
+    classifier = ResilientClassifier(triton, breaker, 1, retry_max_s=0.3, sleep=clock.sleep)
+    # When a batch is classified
+    probs = asyncio.run(classifier.classify(_images(2)))
+    # Then it is answered in the end, nothing dropped
+    assert probs[:, 0].tolist() == [0, 1]
+    assert len(triton.calls) == 6
+    # with capped doubling back-off, and waits while the breaker was open
+    backoffs = [s for s in clock.sleeps if s in (0.1, 0.2, 0.3)]
+    assert backoffs[:3] == [0.1, 0.2, 0.3]
+    assert any(s > 0.3 for s in clock.sleeps)  # the breaker's wait for its trial call
+    assert breaker.state is BreakerState.CLOSED
