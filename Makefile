@@ -10,8 +10,8 @@ run: setup
 	.venv/bin/camstream up $(ARGS)
 
 lint:
-	.venv/bin/ruff check camstream producers streams training tests
-	.venv/bin/ruff format --check camstream producers streams training tests
+	.venv/bin/ruff check benchmarks camstream producers streams training tests
+	.venv/bin/ruff format --check benchmarks camstream producers streams training tests
 	.venv/bin/mypy
 
 test: setup lint

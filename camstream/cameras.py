@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from camstream.errors import ConfigError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 SOURCE_FORMS = (
     "a video file, an image folder, rtsp://..., http(s)://..., device:N or /dev/videoN, "
@@ -39,7 +41,7 @@ _SYNTHETIC = re.compile(r"^synthetic(?::(?:(\d+)x(\d+))?)?$")
 _DEVICE_PATH = re.compile(r"^/dev/video\d+$")
 
 
-class CameraConfigError(ValueError):
+class CameraConfigError(ConfigError):
     """A camera definition that cannot be used; the message names the camera and the fix."""
 
 
@@ -123,7 +125,7 @@ class CameraSpec(BaseModel):
 
 
 def source_kind(source: str) -> SourceKind:
-    """The kind of a source string; raises ValueError for a form it does not know."""
+    """The kind of a source string; raises CameraConfigError for a form it does not know."""
     lowered = source.lower()
     if lowered.startswith(("rtsp://", "rtsps://")):
         return SourceKind.RTSP
@@ -139,8 +141,8 @@ def source_kind(source: str) -> SourceKind:
     if path.is_file():
         return SourceKind.FILE
     if "://" in source:
-        raise ValueError(f"unknown source scheme in {source!r}")
-    raise ValueError(f"{source!r} is not an existing file or folder")
+        raise CameraConfigError(f"unknown source scheme in {source!r}")
+    raise CameraConfigError(f"{source!r} is not an existing file or folder")
 
 
 def device_address(source: str) -> int | str:

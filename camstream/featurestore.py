@@ -20,6 +20,7 @@ import pandas as pd
 import structlog
 
 from camstream.cameras import CameraSpec
+from camstream.errors import ConfigError
 from camstream.settings import REPO_ROOT
 
 if TYPE_CHECKING:
@@ -29,14 +30,12 @@ log = structlog.get_logger(__name__)
 
 SOURCE_REPO = REPO_ROOT / "features"
 META_VIEW = "camera_meta_fv"
-ACTIVITY_VIEW = "camera_activity_fv"
-ACTIVITY_PUSH_SOURCE = "camera_activity_push_source"
 ENRICHMENT_SERVICE = "camera_enrichment_v1"
 META_COLUMNS = ("site", "zone", "indoor", "confidence_threshold")
 META_FILE = Path("data") / "camera_meta.parquet"
 
 
-class FeatureRepoError(RuntimeError):
+class FeatureRepoError(ConfigError):
     """The feature repository is missing or broken; the message names the fix."""
 
 

@@ -2,7 +2,8 @@
 
 The model's own normalisation ((x - 127) / 128, NCHW) is baked into the exported ONNX
 graph, so every caller sends the same thing: RGB uint8, 224x224x3, made here. One
-implementation means no training-serving skew.
+implementation means no training-serving skew. An image that cannot be used raises
+camstream.errors.FrameRejected, whose DlqKind the worker's DLQ records carry.
 """
 
 from __future__ import annotations
@@ -15,32 +16,26 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from camstream.errors import DlqKind, FrameRejected
+
 MODEL_SIZE = 224
 RESIZE_SHORT = 256
 
 Image = npt.NDArray[np.uint8]
 
 
-class ImageError(ValueError):
-    """An image that cannot be used; ``kind`` is a short machine-readable reason."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 def jpeg_dimensions(data: bytes) -> tuple[int, int]:
     """(width, height) from a JPEG's SOF marker, without decoding any pixels.
 
-    Raises ImageError when the bytes are not a well-formed JPEG header.
+    Raises FrameRejected when the bytes are not a well-formed JPEG header.
     """
     if len(data) < 4 or data[:2] != b"\xff\xd8":
-        raise ImageError("not_jpeg", "value does not start with a JPEG SOI marker")
+        raise FrameRejected(DlqKind.NOT_JPEG, "value does not start with a JPEG SOI marker")
     pos = 2
     end = len(data)
     while pos + 4 <= end:
         if data[pos] != 0xFF:
-            raise ImageError("corrupt_jpeg", f"expected a marker at byte {pos}")
+            raise FrameRejected(DlqKind.CORRUPT_JPEG, f"expected a marker at byte {pos}")
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -55,12 +50,12 @@ def jpeg_dimensions(data: bytes) -> tuple[int, int]:
                 break
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             if width == 0 or height == 0:
-                raise ImageError("corrupt_jpeg", "JPEG declares a zero dimension")
+                raise FrameRejected(DlqKind.CORRUPT_JPEG, "JPEG declares a zero dimension")
             return int(width), int(height)
         if marker == 0xDA:  # start of scan before any frame header
             break
         pos += 2 + length
-    raise ImageError("corrupt_jpeg", "no JPEG frame header (SOF) found")
+    raise FrameRejected(DlqKind.CORRUPT_JPEG, "no JPEG frame header (SOF) found")
 
 
 def reduction_for(width: int, height: int, target_short: int = RESIZE_SHORT) -> int:
@@ -85,7 +80,7 @@ def decode_jpeg(data: bytes, reduce: int = 1) -> Image:
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, _REDUCED_FLAGS[reduce])
     if image is None:
-        raise ImageError("undecodable", "OpenCV could not decode the JPEG")
+        raise FrameRejected(DlqKind.UNDECODABLE, "OpenCV could not decode the JPEG")
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -111,7 +106,7 @@ def jpeg_to_model_input(data: bytes, width: int, height: int) -> Image:
 def encode_jpeg(bgr: Image, quality: int = 85) -> bytes:
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise ImageError("encode_failed", "OpenCV could not encode the frame as JPEG")
+        raise FrameRejected(DlqKind.ENCODE_FAILED, "OpenCV could not encode the frame as JPEG")
     return bytes(buf)
 
 

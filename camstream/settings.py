@@ -7,11 +7,18 @@ Every process reads its configuration here, from environment variables prefixed
 Kafka client properties (security included: ``security.protocol``, ``sasl.*``,
 ``ssl.*``) pass through verbatim from ``CAMSTREAM_KAFKA_CONFIG``, a JSON object, or the
 ``kafka_config`` table of the settings file.
+
+A child process gets its parent's settings exactly through ``Settings.child_env``:
+the parent's environment without its ``CAMSTREAM_*`` variables, plus ``to_env()``,
+which writes every field that was set or differs from its default (dicts as JSON).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,23 +31,19 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from camstream import modelrepo
+from camstream.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-CONFIG_FILE_VAR = "CAMSTREAM_CONFIG_FILE"
+ENV_PREFIX = "CAMSTREAM_"
+CONFIG_FILE_VAR = f"{ENV_PREFIX}CONFIG_FILE"
 
 
 class Settings(BaseSettings):
     """Configuration shared by producers, workers, the CLI and the local stack."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CAMSTREAM_",
-        env_nested_delimiter="__",
-        extra="forbid",
-    )
-
-    config_file: Path | None = Field(
-        default=None, description="Optional YAML/TOML settings file (CAMSTREAM_CONFIG_FILE)."
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     # Kafka
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Bootstrap servers.")
@@ -298,7 +301,7 @@ class Settings(BaseSettings):
         if path:
             file = Path(path)
             if not file.is_file():
-                raise FileNotFoundError(
+                raise ConfigError(
                     f"{CONFIG_FILE_VAR}={path} does not exist: point it at a YAML or TOML "
                     "settings file, or unset it"
                 )
@@ -336,29 +339,72 @@ class Settings(BaseSettings):
 
     @property
     def labels_path(self) -> Path:
-        return self.model_repo / self.model_name / "labels.txt"
+        return modelrepo.labels_path(self.model_repo, self.model_name)
 
     @property
     def reference_profile_path(self) -> Path:
-        return self.drift_reference or self.model_repo / self.model_name / "reference_profile.json"
+        return self.drift_reference or modelrepo.reference_profile_path(
+            self.model_repo, self.model_name
+        )
+
+    def model_version_dir(self) -> Path:
+        """The served version's folder: ``model_version``, or the latest when empty.
+        Raises ConfigError when the repository has no such version."""
+        return modelrepo.version_dir(self.model_repo, self.model_name, self.model_version)
 
     def kafka_client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka configuration: bootstrap servers, pass-through properties, extras."""
         return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_config, **extra}
 
+    # A child process's settings ------------------------------------------------------
+
+    def to_env(self) -> dict[str, str]:
+        """``CAMSTREAM_*`` variables for every field that was set or differs from its
+        default, from which ``Settings()`` reads these settings back exactly (the fields
+        set included: an explicit ``log_level`` stays explicit; None where the default is
+        None is not written)."""
+        env: dict[str, str] = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            default = info.get_default(call_default_factory=True)
+            if value is None and default is None:
+                continue  # unset either way: an environment cannot say None
+            if name in self.model_fields_set or value != default:
+                env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(name, value)
+        return env
+
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a child process that must run with these settings: ``base``
+        (default: this process's environment) without its own ``CAMSTREAM_*`` variables
+        (a settings file included: its values are in ``to_env()``), plus ``to_env()``."""
+        inherited = os.environ if base is None else base
+        env = {k: v for k, v in inherited.items() if not k.startswith(ENV_PREFIX)}
+        env.update(self.to_env())
+        return env
+
+
+def _env_value(name: str, value: Any) -> str:
+    """One field's value as pydantic-settings parses it back from the environment."""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, str | int | float | Path):
+        return str(value)  # str(float) is its shortest exact repr
+    raise ConfigError(f"setting {name}={value!r} cannot be passed to a child process")
+
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings, turning validation errors into one readable message."""
+    """Read settings; invalid values raise one ConfigError naming every variable to fix."""
     from pydantic import ValidationError
 
     try:
         return Settings(**overrides)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"camstream: {exc}") from exc
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            var = f"CAMSTREAM_{field.upper()}"
-            lines.append(f"  {var}: {err['msg']}")
-        raise SystemExit("camstream: invalid settings; fix these:\n" + "\n".join(lines)) from exc
+            lines.append(f"  {ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise ConfigError("invalid settings; fix these:\n" + "\n".join(lines)) from exc

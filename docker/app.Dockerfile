@@ -29,6 +29,7 @@ COPY camstream ./camstream
 COPY producers ./producers
 COPY streams ./streams
 COPY training ./training
+COPY benchmarks ./benchmarks
 COPY features ./features
 COPY schemas ./schemas
 RUN uv sync --frozen --no-dev

@@ -9,6 +9,7 @@ Modules, in the order a frame passes them:
 - producer: per-camera threads that fit, encode and size-check frames, and
   run_producers, which runs many cameras in one process and stops cleanly;
 - delivery: the shared idempotent Kafka producer, its drop policy and delivery reports;
-- stats: per-camera Prometheus metrics and run counters (the status line);
-- bench: ``camstream bench producer``.
+- stats: per-camera Prometheus metrics and run counters (the status line).
+
+``camstream bench producer`` lives in benchmarks.producer.
 """

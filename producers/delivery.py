@@ -32,6 +32,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from camstream.errors import ConfigError
 from camstream.records import FrameHeaders
 from camstream.settings import Settings
 from producers.stats import INFLIGHT, CameraCounters, DropReason
@@ -52,8 +53,9 @@ _FIX_CREDENTIALS = (
 )
 
 
-class ProducerFatalError(RuntimeError):
-    """The producer cannot go on (credentials refused, topic missing); names the fix."""
+class ProducerFatalError(ConfigError):
+    """The producer cannot go on (credentials refused, topic missing); names the fix.
+    A ConfigError: the fix is in the settings (or `camstream up` creates the topic)."""
 
 
 def producer_config(settings: Settings, message_max_bytes: int) -> dict[str, Any]:

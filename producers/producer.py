@@ -21,7 +21,8 @@ import structlog
 from confluent_kafka import KafkaException
 
 from camstream.cameras import Backpressure, CameraConfigError, CameraSpec, check_source
-from camstream.imaging import ImageError, encode_jpeg
+from camstream.errors import FrameRejected
+from camstream.imaging import encode_jpeg
 from camstream.records import FrameHeaders
 from camstream.settings import Settings
 from producers.delivery import FramePublisher, ProducerFatalError, topic_message_limit
@@ -132,7 +133,7 @@ class CameraWorker(threading.Thread):
             encoded = encode_within(
                 image, camera.jpeg_quality, self.publisher.frame_limit, self.counters
             )
-        except ImageError:
+        except FrameRejected:
             self.counters.on_dropped(DropReason.ENCODE_FAILED)
             return False
         if encoded is None:

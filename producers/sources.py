@@ -1,6 +1,6 @@
 """Camera sources: open a camera, read BGR frames, close it.
 
-Errors (the exception tree):
+Errors (the exception tree, under camstream.errors.CamstreamError):
 
     SourceError                 a source failed while running
     +-- SourceEnded             a finite source (file, folder) played to its end
@@ -30,11 +30,12 @@ from camstream.cameras import (
     device_address,
     synthetic_size,
 )
+from camstream.errors import CamstreamError
 
 Image = npt.NDArray[np.uint8]
 
 
-class SourceError(RuntimeError):
+class SourceError(CamstreamError, RuntimeError):
     """A source failed while running (as opposed to bad configuration)."""
 
 

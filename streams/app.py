@@ -207,5 +207,12 @@ def _update_lag(app: faust.App, topic: str) -> None:
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT (Faust flushes, commits and closes)."""
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # override_logging=False: keep camstream.observability's set-up (JSON lines in files).
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
     worker.execute_from_commandline()

@@ -23,6 +23,7 @@ Feast; tests/unit/test_batching.py drives it with fakes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -52,8 +53,12 @@ class BatchPipeline(Generic[E, R, O]):
         depth: int,
         guard: asyncio.Lock | None = None,
         on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
+        timed: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``timed(stage, seconds)`` hears how long each batch waited for the one before
+        it (``order``) and how long its emit took (``emit``)."""
         self._work = work
+        self._timed = timed or (lambda _stage, _seconds: None)
         self._emit = emit
         self._deliver = deliver
         self.guard = guard or asyncio.Lock()
@@ -104,12 +109,16 @@ class BatchPipeline(Generic[E, R, O]):
     ) -> None:
         try:
             result = await self._work(events)
+            started = time.perf_counter()
             if previous is not None:
                 await asyncio.wait([previous])  # emit in the order batches were taken
                 if previous.cancelled() or previous.exception() is not None:
                     # nothing is published after a failed batch
                     raise BatchFailed("an earlier micro-batch failed") from self.failure
+            emitting = time.perf_counter()
+            self._timed("order", emitting - started)
             records = await self._emit(result)
+            self._timed("emit", time.perf_counter() - emitting)
             async with self.guard:
                 await self._deliver(records)
                 await on_published(events)

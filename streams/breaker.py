@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
+from camstream.errors import CamstreamError
+
 
 class BreakerState(IntEnum):
     CLOSED = 0
@@ -22,7 +24,7 @@ class BreakerState(IntEnum):
     OPEN = 2
 
 
-class CircuitOpen(RuntimeError):
+class CircuitOpen(CamstreamError, RuntimeError):
     """The breaker refused a call: the service failed recently."""
 
 

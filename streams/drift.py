@@ -11,35 +11,32 @@ record; a new model version (a new profile id) recalibrates every camera.
 
 State survives a worker restart: each camera's open window, calibration frames,
 baseline, freeze run, last-seen time and recent confidences (replayed into ADWIN) are
-checkpointed to ``<state_dir>/<camera>.json`` by ``tick`` (every ``checkpoint_s``), at
-each window's close, and by ``checkpoint()`` at shutdown.
+kept under ``<state_dir>/<camera>/``, written incrementally (streams.drift_state): each
+frame is appended to the camera's journal, flushed by ``tick`` (every ``checkpoint_s``)
+and by ``checkpoint()`` at shutdown; a window's close commits it (the baseline is
+written once, when the camera calibrates).
+
+Threads: a DriftMonitor is used from one thread at a time (the worker runs every call
+on one dedicated thread) and never touches an event loop.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import structlog
 from prometheus_client import Gauge
 from river.drift import ADWIN
 
 from camstream.records import DriftRecord, ModelRef, StatisticTest
-from streams.drift_stats import (
-    Baseline,
-    ReferenceProfile,
-    Sample,
-    Thresholds,
-    baseline_from_json,
-    baseline_to_json,
-    calibrate,
-    compare,
-)
+from streams.drift_state import CameraStore, Restored, Snapshot, camera_folders, read_legacy
+from streams.drift_stats import Baseline, ReferenceProfile, Sample, Thresholds, calibrate, compare
 from streams.quality import FreezeTracker, QualityThresholds, silence_test, window_quality
 
 if TYPE_CHECKING:
@@ -57,7 +54,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 DRIFT_PUSH_SOURCE = "camera_drift_push_source"
-STATE_VERSION = 1
 CONFIDENCE_HISTORY = 1000  # per-frame confidences kept to rebuild ADWIN after a restart
 
 FLAG = Gauge("camstream_drift_flag", "1 when the camera's latest drift record drifted", ["camera"])
@@ -84,25 +80,6 @@ class DriftWindow:
     def __len__(self) -> int:
         return len(self.sample)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "start_ms": self.start_ms,
-            "end_ms": self.end_ms,
-            "sample": self.sample.to_json(),
-            "runs": self.runs,
-            "adwin_changes": self.adwin_changes,
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> DriftWindow:
-        return cls(
-            int(raw["start_ms"]),
-            int(raw["end_ms"]),
-            Sample.from_json(raw["sample"]),
-            [int(x) for x in raw["runs"]],
-            int(raw["adwin_changes"]),
-        )
-
 
 @dataclass
 class CameraState:
@@ -115,7 +92,18 @@ class CameraState:
     silent: bool = False
     history: deque[float] = field(default_factory=lambda: deque(maxlen=CONFIDENCE_HISTORY))
     adwin: ADWIN | None = None
-    dirty: bool = True
+    store: CameraStore | None = None  # None: state is not kept on disk
+
+    def snapshot(self, reference_id: str) -> Snapshot:
+        return Snapshot(
+            reference_profile_id=reference_id,
+            freeze_last=self.freeze.last,
+            freeze_run=self.freeze.run,
+            last_capture_ms=self.last_capture_ms,
+            last_arrival_ms=self.last_arrival_ms,
+            silent=self.silent,
+            baseline_id=self.baseline.id if self.baseline else None,
+        )
 
 
 class DriftMonitor:
@@ -159,7 +147,9 @@ class DriftMonitor:
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
             for path in sorted(state_dir.glob("*.json")):
-                self._load(unquote(path.stem), path)
+                self._upgrade(unquote(path.stem), path)
+            for folder in camera_folders(state_dir):
+                self._load(CameraStore.camera_of(folder))
 
     @classmethod
     def from_settings(cls, settings: Settings, model: ModelRef, worker_id: str) -> DriftMonitor:
@@ -209,11 +199,8 @@ class DriftMonitor:
         detection honest when camera clocks are off; by default the capture time.
         """
         camera = self._camera(camera_id)
-        camera.last_capture_ms = max(camera.last_capture_ms, capture_ts_ms)
-        camera.last_arrival_ms = max(camera.last_arrival_ms, received_ms or capture_ts_ms)
-        if camera.silent:
-            camera.silent = False
-            SILENT.labels(camera_id).set(0)
+        arrival_ms = received_ms or capture_ts_ms
+        self._seen(camera_id, camera, capture_ts_ms, arrival_ms)
         records: list[DriftRecord] = []
         window = camera.window
         if (
@@ -222,24 +209,47 @@ class DriftMonitor:
             and capture_ts_ms >= window.start_ms + self.window_ms
         ):
             records.append(self._close(camera_id, camera))
-        if camera.window is None:
-            camera.window = DriftWindow(capture_ts_ms, capture_ts_ms)
+        detector = self._adwin(camera)
+        detector.update(float(score))  # type: ignore[no-untyped-call]
+        frame = {
+            "t": capture_ts_ms,
+            "a": arrival_ms,
+            "l": label,
+            "s": float(score),
+            "x": dict(stats),
+            "d": int(bool(detector.drift_detected)),
+        }
+        self._add(camera_id, camera, frame)
+        if camera.store is not None:
+            camera.store.append(frame)
         window = camera.window
-        window.start_ms = min(window.start_ms, capture_ts_ms)
-        window.end_ms = max(window.end_ms, capture_ts_ms)
+        assert window is not None
+        if not self.window_ms and len(window) >= self.window_frames:
+            records.append(self._close(camera_id, camera))
+        return records
+
+    def _seen(self, camera_id: str, camera: CameraState, capture_ms: int, arrival_ms: int) -> None:
+        camera.last_capture_ms = max(camera.last_capture_ms, capture_ms)
+        camera.last_arrival_ms = max(camera.last_arrival_ms, arrival_ms)
+        if camera.silent:
+            camera.silent = False
+            SILENT.labels(camera_id).set(0)
+
+    def _add(self, camera_id: str, camera: CameraState, frame: dict[str, Any]) -> None:
+        """One frame into the camera's state: from ``observe``, or replayed from its journal."""
+        capture_ms, label, score, stats = int(frame["t"]), str(frame["l"]), frame["s"], frame["x"]
+        self._seen(camera_id, camera, capture_ms, int(frame["a"]))
+        if camera.window is None:
+            camera.window = DriftWindow(capture_ms, capture_ms)
+        window = camera.window
+        window.start_ms = min(window.start_ms, capture_ms)
+        window.end_ms = max(window.end_ms, capture_ms)
         window.sample.add(label, score, stats)
         window.runs.append(camera.freeze.update(stats))
         if camera.baseline is None and self.calibration_frames:
             camera.calibration.add(label, score, stats)
-        detector = self._adwin(camera)
-        detector.update(float(score))  # type: ignore[no-untyped-call]
-        if detector.drift_detected:
-            window.adwin_changes += 1
+        window.adwin_changes += int(frame["d"])
         camera.history.append(float(score))
-        camera.dirty = True
-        if not self.window_ms and len(window) >= self.window_frames:
-            records.append(self._close(camera_id, camera))
-        return records
 
     def tick(self, now_ms: int) -> list[DriftRecord]:
         """Time-driven records: time windows left open by a quiet camera, silent cameras.
@@ -262,7 +272,8 @@ class DriftMonitor:
             silent_s = (now_ms - since) / 1000.0
             if not camera.silent and silent_s > self.quality.silence_s:
                 camera.silent = True
-                camera.dirty = True
+                if camera.store is not None:
+                    camera.store.append({"silent": True})
                 records.append(self._silence(camera_id, camera, now_ms, silent_s))
         if self.state_dir is not None and now_ms - self._last_checkpoint_ms >= self.checkpoint_ms:
             self.checkpoint()
@@ -280,12 +291,12 @@ class DriftMonitor:
         tests = compare(window.sample, base, self.thresholds)
         if not calibrating:
             tests.append(
-                StatisticTest(
-                    name="confidence",
-                    test="adwin",
-                    value=float(window.adwin_changes),
-                    threshold=0.0,
-                    drifted=window.adwin_changes > 0,
+                StatisticTest.measured(
+                    "confidence",
+                    "adwin",
+                    float(window.adwin_changes),  # changes ADWIN detected in the window
+                    "ge",
+                    1.0,
                     baseline=base.kind,
                 )
             )
@@ -307,11 +318,18 @@ class DriftMonitor:
             reasons=[_reason(t) for t in flagged],
             worker=self.worker_id,
         )
-        if calibrating and len(camera.calibration) >= self.calibration_frames:
+        calibrated = calibrating and len(camera.calibration) >= self.calibration_frames
+        if calibrated:
             self._calibrate(camera_id, camera)
         self._export(record)
-        camera.dirty = True
-        self._save(camera_id, camera)
+        if camera.store is not None:
+            camera.store.commit(
+                camera.snapshot(self.reference.id),
+                window.sample.confidence,
+                camera.history,
+                calibration=window.sample if calibrating and not calibrated else None,
+                baseline=camera.baseline if calibrated else None,
+            )
         return record
 
     def _calibrate(self, camera_id: str, camera: CameraState) -> None:
@@ -357,8 +375,13 @@ class DriftMonitor:
     def _camera(self, camera_id: str) -> CameraState:
         camera = self.cameras.get(camera_id)
         if camera is None:
-            camera = self.cameras[camera_id] = CameraState()
+            camera = self.cameras[camera_id] = CameraState(store=self._store(camera_id))
         return camera
+
+    def _store(self, camera_id: str) -> CameraStore | None:
+        if self.state_dir is None:
+            return None
+        return CameraStore(self.state_dir, camera_id, self.reference.id, CONFIDENCE_HISTORY)
 
     def _adwin(self, camera: CameraState) -> ADWIN:
         if camera.adwin is None:
@@ -368,66 +391,72 @@ class DriftMonitor:
         return camera.adwin
 
     def checkpoint(self) -> None:
-        """Save every camera whose state changed since its last save."""
-        for camera_id, camera in self.cameras.items():
-            if camera.dirty:
-                self._save(camera_id, camera)
+        """Write every camera's frames since the last checkpoint to its journal."""
+        for camera in self.cameras.values():
+            if camera.store is not None:
+                camera.store.flush()
 
-    def _path(self, camera_id: str) -> Path:
-        assert self.state_dir is not None
-        return self.state_dir / f"{quote(camera_id, safe='')}.json"
-
-    def _save(self, camera_id: str, camera: CameraState) -> None:
-        if self.state_dir is None:
-            return
-        state = {
-            "version": STATE_VERSION,
-            "reference_profile_id": self.reference.id,
-            "window": camera.window.to_json() if camera.window else None,
-            "calibration": camera.calibration.to_json(),
-            "baseline": baseline_to_json(camera.baseline) if camera.baseline else None,
-            "freeze": {"last": camera.freeze.last, "run": camera.freeze.run},
-            "last_capture_ms": camera.last_capture_ms,
-            "last_arrival_ms": camera.last_arrival_ms,
-            "silent": camera.silent,
-            "history": list(camera.history),
-        }
-        path = self._path(camera_id)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state, separators=(",", ":")))
-        tmp.replace(path)
-        camera.dirty = False
-
-    def _load(self, camera_id: str, path: Path) -> None:
+    def _load(self, camera_id: str) -> None:
+        store = self._store(camera_id)
+        assert store is not None
         try:
-            raw = json.loads(path.read_text())
-            camera = CameraState(
-                freeze=FreezeTracker(raw["freeze"]["last"], int(raw["freeze"]["run"])),
-                last_capture_ms=int(raw["last_capture_ms"]),
-                last_arrival_ms=int(raw["last_arrival_ms"]),
-                silent=bool(raw["silent"]),
-                dirty=False,
+            restored = store.load()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "drift.state_unreadable", camera=camera_id, path=str(store.folder), error=str(exc)
             )
-            camera.history.extend(float(x) for x in raw["history"])
-            if (
-                raw.get("version") == STATE_VERSION
-                and raw["reference_profile_id"] == self.reference.id
-            ):
-                camera.window = DriftWindow.from_json(raw["window"]) if raw["window"] else None
-                camera.calibration = Sample.from_json(raw["calibration"])
-                camera.baseline = baseline_from_json(raw["baseline"]) if raw["baseline"] else None
-            else:  # another model version: calibrate again
-                camera.history.clear()
-                camera.dirty = True
+            shutil.rmtree(store.folder, ignore_errors=True)
+            return
+        self.cameras[camera_id] = self._restore(camera_id, store, restored)
+
+    def _restore(self, camera_id: str, store: CameraStore, restored: Restored) -> CameraState:
+        snap = restored.snapshot
+        camera = CameraState(
+            freeze=FreezeTracker(snap.freeze_last, snap.freeze_run),
+            last_capture_ms=snap.last_capture_ms,
+            last_arrival_ms=snap.last_arrival_ms,
+            silent=snap.silent,
+            store=store,
+        )
+        if snap.reference_profile_id == self.reference.id:
+            camera.baseline = restored.baseline
+            camera.calibration = restored.calibration
+            camera.history.extend(restored.history)
+            for entry in restored.journal:
+                if entry.get("silent"):
+                    camera.silent = True
+                else:
+                    self._add(camera_id, camera, entry)
+            return camera
+        # Another model version: calibrate again, keeping what is not about the model.
+        for entry in restored.journal:
+            if entry.get("silent"):
+                camera.silent = True
+            else:
+                self._seen(camera_id, camera, int(entry["t"]), int(entry["a"]))
+                camera.freeze.update(entry["x"])
+        store.reset(camera.snapshot(self.reference.id))
+        return camera
+
+    def _upgrade(self, camera_id: str, path: Path) -> None:
+        """A state file of the previous layout: keep what it can tell (drift_state)."""
+        store = self._store(camera_id)
+        assert store is not None
+        try:
+            if not store.folder.exists():
+                store.reset(read_legacy(path, self.reference.id))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("drift.state_unreadable", camera=camera_id, path=str(path), error=str(exc))
-            return
-        self.cameras[camera_id] = camera
+        path.unlink(missing_ok=True)
 
 
 def _reason(test: StatisticTest) -> str:
-    p = f" (p={test.p_value:.2g})" if test.p_value is not None else ""
-    return f"{test.name} {test.test}={test.value:.3g} beyond {test.threshold:.3g}{p}"
+    """``brightness ks=0.61 beyond 0.42 (p=3e-06 < 0.001)``: the value, its limits."""
+    beyond = f" beyond {test.threshold:.3g}" if test.threshold is not None else ""
+    p = ""
+    if test.p_value is not None:
+        p = f" (p={test.p_value:.2g} < {test.p_value_limit:.2g})"
+    return f"{test.name} {test.test}={test.value:.3g}{beyond}{p}"
 
 
 def drift_feature_row(record: DriftRecord) -> dict[str, Any]:

@@ -15,11 +15,19 @@ i.i.d. reading of the baseline almost every window of an undisturbed stream is
 to what the camera's own calibration windows reached against the same baseline, times
 (1 + margin). A window then drifts when it is both significant and further from the
 baseline than any undisturbed stretch of the same camera was.
+
+Every test carries what decides it (camstream.records.StatisticTest: comparison,
+threshold, p-value limit), so a consumer can recompute each flag. While a camera
+calibrates there is no calibrated KS distance yet: its threshold is null and the p-value
+alone decides (for information only; calibrating windows are not flagged by these).
+A statistic that cannot be measured (NaN) is left out: NaN image statistics are not
+added to a sample, and a test whose result is not finite is not reported.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +39,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
 from camstream.imaging import FINGERPRINT
-from camstream.records import StatisticTest
+from camstream.records import Comparison, StatisticTest
 
 OTHER = "(other)"
 PSEUDO_COUNT = 0.5  # Jeffreys prior: no bin is ever empty, PSI stays finite
@@ -64,7 +72,7 @@ class Sample:
         self.labels.append(label)
         self.confidence.append(float(score))
         for name, value in stats.items():
-            if name != FINGERPRINT:
+            if name != FINGERPRINT and math.isfinite(value):
                 self.stats.setdefault(name, []).append(float(value))
 
     def slice(self, start: int, stop: int) -> Sample:
@@ -175,17 +183,22 @@ def _limit(
     return min(limit, cap) if cap is not None else limit
 
 
+def _ks_limit(base: Baseline, key: str, margin: float) -> float | None:
+    """The camera's calibrated KS distance, or None (no limit: the p-value decides)."""
+    critical = base.critical.get(key)
+    return None if critical is None else min(critical * (1.0 + margin), 1.0)
+
+
 def compare(window: Sample, base: Baseline, limits: Thresholds) -> list[StatisticTest]:
     """Every window statistic against one baseline, with its limit and verdict."""
     m = limits.calibration_margin
-    tests: list[StatisticTest] = []
+    tests: list[StatisticTest | None] = []
     expected, actual = _label_histograms(base.label_counts, window.labels, limits.label_bins)
-    value = psi(expected, actual)
     limit = _limit(base, "label_distribution/psi", limits.psi, m)
-    tests.append(_test("label_distribution", "psi", value, limit, value > limit, base))
+    tests.append(_test("label_distribution", "psi", psi(expected, actual), "gt", limit, base))
     value = float(jensenshannon(expected, actual, base=2))
     limit = _limit(base, "label_distribution/jensen_shannon", limits.js, m, cap=1.0)
-    tests.append(_test("label_distribution", "jensen_shannon", value, limit, value > limit, base))
+    tests.append(_test("label_distribution", "jensen_shannon", value, "gt", limit, base))
     stride = max(1, limits.ks_stride)
     for name, reference in sorted(base.stats.items()):
         values = window.stats.get(name)
@@ -194,36 +207,40 @@ def compare(window: Sample, base: Baseline, limits: Thresholds) -> list[Statisti
         distance = float(ks_2samp(values, reference).statistic)
         thinned = values[::stride]
         p_value = float(ks_2samp(thinned, reference[::stride]).pvalue)
-        # A window wholly outside the baseline (D = 1) always passes a calibrated limit.
-        limit = _limit(base, f"{name}/ks", 0.0, m, cap=1.0)
-        drifted = p_value < limits.ks_pvalue and distance >= limit
+        # A window wholly outside the baseline (D = 1) always meets a calibrated limit.
+        ks = _ks_limit(base, f"{name}/ks", m)
         tests.append(
-            _test(name, "ks", distance, limit, drifted, base, p_value=p_value, n=len(thinned))
+            _test(name, "ks", distance, "ge", ks, base, p_value, limits.ks_pvalue, len(thinned))
         )
     if window.confidence and base.confidence.size:
         value = float(np.mean(window.confidence) - np.mean(base.confidence))
         limit = _limit(base, "confidence/mean_shift", limits.confidence_shift, m)
-        tests.append(_test("confidence", "mean_shift", value, limit, abs(value) > limit, base))
-    return tests
+        tests.append(_test("confidence", "mean_shift", value, "abs_gt", limit, base))
+    return [t for t in tests if t is not None]
 
 
 def _test(
     name: str,
     test: str,
     value: float,
-    limit: float,
-    drifted: bool,
+    comparison: Comparison,
+    limit: float | None,
     base: Baseline,
     p_value: float | None = None,
+    p_value_limit: float | None = None,
     n: int | None = None,
-) -> StatisticTest:
-    return StatisticTest(
-        name=name,
-        test=test,
-        value=value,
+) -> StatisticTest | None:
+    """The test, or None when its value or p-value is not a number (not a measurement)."""
+    if not all(math.isfinite(x) for x in (value, p_value, limit) if x is not None):
+        return None
+    return StatisticTest.measured(
+        name,
+        test,
+        value,
+        comparison,
+        limit,
         p_value=p_value,
-        threshold=limit,
-        drifted=bool(drifted),
+        p_value_limit=p_value_limit,
         baseline=base.kind,
         sample_size=n,
     )

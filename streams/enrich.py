@@ -7,17 +7,24 @@ failing, a camera with a cached entry is served from it (status ``stale``) and o
 without gets no features (status ``missing``); predictions keep flowing either way.
 Pushes (camera activity, drift state) coalesce to the latest row per camera and source
 and go out on a timer, off the hot path; a failed push keeps its rows for the next one.
+
+Feast stores Float32 features and reads them back as the nearest float64 (a threshold
+of 0.2 comes back as 0.20000000298023224); ``feature_value`` turns each back into the
+shortest decimal that is the same float32, so a record says 0.2 (see Prediction).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import time
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 from prometheus_client import Counter
 
@@ -37,6 +44,22 @@ FEATURE_PUSHES = Counter(
 
 Features = dict[str, Any]
 Row = dict[str, Any]
+
+
+def feature_value(value: Any) -> Any:
+    """A feature value as read from Feast, as a record should carry it.
+
+    A float that is exactly a float32 (every Float32 feature) becomes the shortest
+    decimal that reads back as that float32 (0.20000000298023224 -> 0.2); other floats
+    stay as they are; NaN and infinity, which JSON cannot carry, mean no value (None).
+    """
+    if isinstance(value, bool) or not isinstance(value, float | np.floating):
+        return value
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    single = np.float32(number)
+    return float(str(single)) if float(single) == number else number
 
 
 class OnlineStore:
@@ -78,10 +101,14 @@ class FeatureCache:
 
     def _read(self, camera_ids: list[str]) -> dict[str, Features]:
         try:
-            return camera_features(self._store.get(), camera_ids)
+            read = camera_features(self._store.get(), camera_ids)
         except Exception:
             self._store.reset()
             raise
+        return {
+            cid: {name: feature_value(value) for name, value in features.items()}
+            for cid, features in read.items()
+        }
 
     def _stored(self, future: asyncio.Future[dict[str, Features]], read_at: float) -> None:
         """Done-callback: a read that outlived its batch still fills the cache."""
@@ -108,7 +135,7 @@ class FeatureCache:
             if self._reading is None or self._reading.done():
                 loop = asyncio.get_running_loop()
                 reading = loop.run_in_executor(self._executor, self._read, expired)
-                reading.add_done_callback(lambda f, at=now: self._stored(f, at))
+                reading.add_done_callback(functools.partial(self._stored, read_at=now))
                 self._reading = reading
             try:
                 await asyncio.wait_for(asyncio.shield(self._reading), self._timeout_s)

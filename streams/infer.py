@@ -27,6 +27,7 @@ from tritonclient.grpc import (
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from camstream import modelrepo
 from camstream.errors import InferenceError
 from camstream.records import ModelRef
 from streams.breaker import BreakerState, CircuitBreaker, CircuitOpen
@@ -41,8 +42,8 @@ TRITON_FAILURES = Counter(
 INFLIGHT_REQUESTS = Gauge("camstream_worker_inflight_requests", "Triton requests in flight")
 BREAKER = Gauge("camstream_worker_breaker_state", "Triton breaker: 0 closed, 1 half-open, 2 open")
 
-INPUT = "IMAGE"
-OUTPUT = "PROBS"
+INPUT = modelrepo.IMAGE
+OUTPUT = modelrepo.PROBS
 
 
 def channel_args(reconnect_max_s: float) -> list[tuple[str, int]]:

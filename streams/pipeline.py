@@ -16,11 +16,11 @@ import numpy as np
 import numpy.typing as npt
 
 from camstream.errors import DlqKind, FrameRejected
-from camstream.imaging import ImageError, image_statistics, jpeg_dimensions, jpeg_to_model_input
+from camstream.imaging import image_statistics, jpeg_dimensions, jpeg_to_model_input
+from camstream.modelrepo import read_labels
 from camstream.records import (
     UNCERTAIN,
     ClassScore,
-    FrameHeaderError,
     FrameHeaders,
 )
 
@@ -42,20 +42,14 @@ def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) 
     """Check headers, size, the end marker and the JPEG's own declared dimensions before
     any decoding: a small JPEG that declares 50000x50000 never reaches the decoder, so a
     decode allocates at most max_pixels x 3 bytes (less: it runs at reduced scale)."""
-    try:
-        parsed = FrameHeaders.from_kafka(dict(headers))
-    except FrameHeaderError as exc:
-        raise FrameRejected(exc.kind, str(exc)) from exc
+    parsed = FrameHeaders.from_kafka(headers)  # raises FrameRejected
     if not value:
         raise FrameRejected(DlqKind.EMPTY_VALUE, "frame value is empty")
     if len(value) > limits.max_bytes:
         raise FrameRejected(
             DlqKind.TOO_LARGE, f"frame is {len(value)} bytes; the limit is {limits.max_bytes}"
         )
-    try:
-        width, height = jpeg_dimensions(value)
-    except ImageError as exc:
-        raise FrameRejected(exc.kind, str(exc)) from exc
+    width, height = jpeg_dimensions(value)  # raises FrameRejected
     if not value.rstrip(b"\x00").endswith(b"\xff\xd9"):
         # libjpeg would fill a cut-off scan with grey and classify half a frame.
         raise FrameRejected(DlqKind.TRUNCATED_JPEG, "JPEG has no end-of-image marker: truncated")
@@ -74,20 +68,13 @@ def validate(headers: Mapping[str, bytes], value: bytes | None, limits: Limits) 
 
 def prepare(headers: FrameHeaders, value: bytes) -> PreparedFrame:
     """Decode (at reduced size) to the model's input and measure image statistics."""
-    try:
-        image = jpeg_to_model_input(value, headers.width, headers.height)
-    except ImageError as exc:
-        raise FrameRejected(exc.kind, str(exc)) from exc
+    image = jpeg_to_model_input(value, headers.width, headers.height)  # or FrameRejected
     return PreparedFrame(headers, image, image_statistics(image))
 
 
 def load_labels(path: Path) -> list[str]:
     """ImageNet class names, one per line; the first synonym is the label."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"labels file {path} is missing: run `camstream setup` (it exports the model)"
-        )
-    return [line.split(",")[0].strip() for line in path.read_text().splitlines() if line.strip()]
+    return read_labels(path)
 
 
 def top_k(probs: npt.NDArray[np.float32], labels: Sequence[str], k: int) -> list[ClassScore]:

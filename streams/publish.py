@@ -26,6 +26,8 @@ import structlog
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from camstream.errors import CamstreamError
+
 log = structlog.get_logger(__name__)
 
 PUBLISH_FAILURES = Counter(
@@ -53,7 +55,7 @@ class Outgoing:
     partition: int | None = None  # the source frame's partition
 
 
-class PublishFailed(RuntimeError):
+class PublishFailed(CamstreamError, RuntimeError):
     """Kafka refused records; the message names the first error."""
 
     def __init__(self, failed: list[tuple[Outgoing, BaseException]]) -> None:
@@ -119,8 +121,8 @@ class Publisher:
                 raise outcome
             if isinstance(outcome, BaseException):
                 failed.append((record, outcome))
-        for record, exc in failed:
-            PUBLISH_FAILURES.labels(record.topic, type(exc).__name__).inc()
+        for record, error in failed:
+            PUBLISH_FAILURES.labels(record.topic, type(error).__name__).inc()
         if failed:
             raise PublishFailed(failed)
 

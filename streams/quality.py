@@ -49,14 +49,13 @@ def window_quality(
     runs: Sequence[int], stats: Mapping[str, Sequence[float]], limits: QualityThresholds
 ) -> list[StatisticTest]:
     """Frozen run, black and over-exposed frame shares of one window."""
-    longest = max(runs, default=0)
     tests = [
-        StatisticTest(
-            name="frozen",
-            test="max_identical_run",
-            value=float(longest),
-            threshold=float(limits.frozen_frames),
-            drifted=longest >= limits.frozen_frames,
+        StatisticTest.measured(
+            "frozen",
+            "max_identical_run",
+            float(max(runs, default=0)),
+            "ge",
+            float(limits.frozen_frames),
         )
     ]
     for name, stat in (
@@ -67,23 +66,9 @@ def window_quality(
         if not values:
             continue
         share = _share(values, limits.clipped_share)
-        tests.append(
-            StatisticTest(
-                name=name,
-                test="share",
-                value=share,
-                threshold=limits.bad_frame_share,
-                drifted=share >= limits.bad_frame_share,
-            )
-        )
+        tests.append(StatisticTest.measured(name, "share", share, "ge", limits.bad_frame_share))
     return tests
 
 
 def silence_test(silent_s: float, limits: QualityThresholds) -> StatisticTest:
-    return StatisticTest(
-        name="silence",
-        test="seconds",
-        value=silent_s,
-        threshold=limits.silence_s,
-        drifted=silent_s > limits.silence_s,
-    )
+    return StatisticTest.measured("silence", "seconds", silent_s, "gt", limits.silence_s)

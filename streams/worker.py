@@ -61,7 +61,9 @@ BATCH = Histogram(
 )
 STAGE = Histogram(
     "camstream_worker_stage_seconds",
-    "Time per stage: queue per frame (Kafka timestamp to worker), the others per batch",
+    "Time per stage: queue per frame (Kafka timestamp to worker), the others per batch "
+    "(decode, infer, enrich; order: a finished batch waiting for the one before it; "
+    "emit: records and drift; publish: until Kafka has them)",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -148,6 +150,7 @@ class FrameWorker:
             depth=depth,
             guard=publish_guard,
             on_failure=on_failure,
+            timed=lambda stage, seconds: STAGE.labels(stage).observe(seconds),
         )
         self._closing = closing
         self._started = False

@@ -5,11 +5,18 @@ Runs in the model environment (onnxruntime, numpy < 2):
     .venv-model/bin/python -m training.baseline --model triton_repo/efficientnet_lite0 \
         --version 1 --frames 200 VIDEO_OR_FOLDER...
 
-Frames are sampled evenly from each video (or every image of a folder), prepared with
-camstream.imaging exactly as the worker prepares them, classified with the exported
-ONNX model, and summarised: the top-1 label distribution, the confidences, and each
-image statistic. The profile is written beside the model as reference_profile.json and
-its id (model, version, hashes) is what every drift record names.
+Frames are sampled evenly from each video (or every image of a folder) and go the way a
+served frame goes, so the reference has no training-serving skew: scaled to fit and
+JPEG-encoded as a producer with default camera settings sends them (``as_produced``),
+then decoded at reduced size and measured exactly as the worker does
+(``as_served``, the calls of streams.pipeline.prepare; tests/unit/test_baseline.py
+proves both). They are classified with the exported ONNX model and summarised: the
+top-1 label distribution, the confidences, and each image statistic. The profile is
+written beside the model as reference_profile.json; its id (model, version, recipe,
+hashes) is what every drift record names.
+
+Runs in the model environment, so it imports only numpy, OpenCV, onnxruntime and
+camstream's stdlib-level modules (imaging, errors, modelrepo).
 """
 
 from __future__ import annotations
@@ -21,35 +28,76 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import onnxruntime as ort
+import numpy.typing as npt
 
-from camstream.imaging import FINGERPRINT, image_statistics, to_model_input
+from camstream import modelrepo
+from camstream.errors import CamstreamError, ConfigError
+from camstream.imaging import FINGERPRINT, encode_jpeg, image_statistics, jpeg_to_model_input
+
+if TYPE_CHECKING:  # onnxruntime is imported where a model is loaded: the application
+    import onnxruntime as ort  # env (tests/unit/test_baseline.py) has none
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
+# What a producer sends with default camera settings (camstream.cameras.CameraSpec's
+# max_width, max_height and jpeg_quality, applied by producers.producer); the model env
+# cannot import those modules, so tests/unit/test_baseline.py keeps these equal to them.
+PRODUCER_MAX_WIDTH = 1280
+PRODUCER_MAX_HEIGHT = 720
+PRODUCER_JPEG_QUALITY = 85
+# How a frame becomes statistics; part of the profile id, so a new recipe is a new profile.
+RECIPE = "producer-jpeg-q85-fit1280x720/worker-decode"
 
-def sample_frames(source: Path, count: int) -> Iterator[np.ndarray]:
+Image = npt.NDArray[np.uint8]
+
+
+def fit_within(image: Image, max_width: int, max_height: int) -> Image:
+    """Scale down (never up), keeping the aspect ratio: producers.sources.fit_within."""
+    height, width = image.shape[:2]
+    scale = min(max_width / width, max_height / height)
+    if scale >= 1:
+        return image
+    size = (max(round(width * scale), 1), max(round(height * scale), 1))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def as_produced(bgr: Image, quality: int = PRODUCER_JPEG_QUALITY) -> tuple[bytes, int, int]:
+    """A camera frame as a producer with default settings publishes it: the JPEG and the
+    width and height its headers declare."""
+    image = fit_within(bgr, PRODUCER_MAX_WIDTH, PRODUCER_MAX_HEIGHT)
+    height, width = image.shape[:2]
+    return encode_jpeg(image, quality), width, height
+
+
+def as_served(jpeg: bytes, width: int, height: int) -> tuple[Image, dict[str, float]]:
+    """The model input and image statistics the worker makes of a published JPEG."""
+    rgb = jpeg_to_model_input(jpeg, width, height)
+    return rgb, image_statistics(rgb)
+
+
+def sample_frames(source: Path, count: int) -> Iterator[Image]:
     if source.is_dir():
         for path in sorted(source.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 image = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if image is not None:
-                    yield image
+                    yield np.asarray(image, dtype=np.uint8)
         return
     cap = cv2.VideoCapture(str(source))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if not cap.isOpened() or total <= 0:
-        raise SystemExit(f"baseline: cannot read video {source}")
+        raise ConfigError(f"cannot read video {source}")
     wanted = set(np.linspace(0, total - 1, num=min(count, total)).astype(int).tolist())
     for index in range(total):
         ok, image = cap.read()
         if not ok:
             break
         if index in wanted:
-            yield image
+            yield np.asarray(image, dtype=np.uint8)
     cap.release()
 
 
@@ -59,25 +107,28 @@ def file_hash(path: Path) -> str:
 
 def load_model(model_dir: Path, version: str) -> tuple[Path, list[str], ort.InferenceSession]:
     """The exported ONNX model of one version, its label names and a CPU session."""
-    onnx_path = model_dir / version / "model.onnx"
-    labels_path = model_dir / "labels.txt"
-    if not onnx_path.is_file() or not labels_path.is_file():
-        raise SystemExit(f"baseline: export the model first ({onnx_path}, {labels_path})")
-    labels = [line.split(",")[0].strip() for line in labels_path.read_text().splitlines()]
+    import onnxruntime as ort
+
+    onnx_path = modelrepo.onnx_path(model_dir.parent, model_dir.name, version)
+    labels = modelrepo.read_labels(modelrepo.labels_path(model_dir.parent, model_dir.name))
+    if not onnx_path.is_file():
+        raise ConfigError(f"export the model first: {onnx_path} is missing")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     return onnx_path, labels, session
 
 
-def classify(session: ort.InferenceSession, rgb: np.ndarray) -> tuple[int, float]:
+def classify(session: ort.InferenceSession, rgb: Image) -> tuple[int, float]:
     """Top-1 class index and probability of one 224x224 RGB model input."""
-    probs = session.run(["PROBS"], {"IMAGE": rgb[None]})[0][0]
+    probs = session.run([modelrepo.PROBS], {modelrepo.IMAGE: rgb[None]})[0][0]
     best = int(np.argmax(probs))
     return best, float(probs[best])
 
 
-def build_profile(model_dir: Path, version: str, sources: list[Path], count: int) -> dict:
+def build_profile(
+    model_dir: Path, version: str, sources: list[Path], count: int
+) -> dict[str, object]:
     onnx_path, labels, session = load_model(model_dir, version)
 
     top1: Counter[str] = Counter()
@@ -85,18 +136,19 @@ def build_profile(model_dir: Path, version: str, sources: list[Path], count: int
     stats: dict[str, list[float]] = {}
     for source in sources:
         for image in sample_frames(source, count):
-            rgb = to_model_input(image)
+            rgb, image_stats = as_served(*as_produced(image))
             best, score = classify(session, rgb)
             top1[labels[best]] += 1
             confidence.append(round(score, 6))
-            for name, value in image_statistics(rgb).items():
+            for name, value in image_stats.items():
                 if name != FINGERPRINT:  # an identity, not a distribution
                     stats.setdefault(name, []).append(round(value, 6))
     total = sum(top1.values())
     if total == 0:
-        raise SystemExit("baseline: the calibration set yielded no frames")
+        raise ConfigError("the calibration set yielded no frames")
     digest = hashlib.sha256()
     digest.update(file_hash(onnx_path).encode())
+    digest.update(RECIPE.encode())  # another way to make statistics: another profile
     digest.update(",".join(sorted(stats)).encode())  # another statistic set: another profile
     for source in sources:
         digest.update(source.name.encode())
@@ -104,6 +156,7 @@ def build_profile(model_dir: Path, version: str, sources: list[Path], count: int
         "id": f"{model_dir.name}-v{version}-{digest.hexdigest()[:12]}",
         "model": {"name": model_dir.name, "version": version},
         "frames": total,
+        "recipe": RECIPE,
         "sources": [source.name for source in sources],
         "labels": {label: n / total for label, n in top1.most_common()},
         "confidence": confidence,
@@ -120,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sources", type=Path, nargs="+")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    profile = build_profile(args.model, args.version, args.sources, args.frames)
+    try:
+        profile = build_profile(args.model, args.version, args.sources, args.frames)
+    except CamstreamError as exc:
+        sys.stderr.write(f"baseline: {exc}\n")
+        return 2 if isinstance(exc, ConfigError) else 1
     out = args.out or args.model / "reference_profile.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(profile, indent=1))

@@ -6,11 +6,12 @@ has no onnxruntime, so `camstream bench drift` runs this once and caches the res
     .venv-model/bin/python -m training.drift_frames --model triton_repo/efficientnet_lite0 \
         --out frames.npz --variant original --variant dark --variant blur VIDEO...
 
-Every frame goes the worker's way: JPEG-encoded as a producer does, decoded at reduced
-size and cropped (camstream.imaging), classified by the exported ONNX model, measured
-by image_statistics. Variants are injected at the camera, before encoding: ``dark``
-multiplies the pixels by (1 - darken), ``blur`` is a Gaussian blur of blur-sigma pixels
-at the camera's resolution. The npz holds, per ``<video>/<variant>``: ``labels`` (class
+Every frame goes the worker's way, as the reference profile's frames do
+(training.baseline): scaled to fit and JPEG-encoded as a producer does, decoded at
+reduced size and measured as the worker does, classified by the exported ONNX model.
+Variants are injected at the camera, before encoding: ``dark`` multiplies the pixels
+by (1 - darken), ``blur`` is a Gaussian blur of blur-sigma pixels at the camera's
+resolution. The npz holds, per ``<video>/<variant>``: ``labels`` (class
 index), ``scores`` (top-1 probability), ``stats`` (frames x statistics), and once:
 ``label_names`` and ``stat_names``.
 """
@@ -24,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camstream.imaging import encode_jpeg, image_statistics, jpeg_to_model_input
-from training.baseline import classify, load_model
+from camstream.errors import ConfigError
+from training.baseline import PRODUCER_JPEG_QUALITY, as_produced, as_served, classify, load_model
 
 VARIANTS = ("original", "dark", "blur")
 
@@ -38,7 +39,7 @@ def inject(bgr: np.ndarray, variant: str, darken: float, blur_sigma: float) -> n
         return np.clip(bgr.astype(np.float32) * (1.0 - darken), 0, 255).astype(np.uint8)
     if variant == "blur":
         return cv2.GaussianBlur(bgr, (0, 0), blur_sigma)
-    raise SystemExit(f"drift_frames: unknown variant {variant!r}; choose from {VARIANTS}")
+    raise ConfigError(f"drift_frames: unknown variant {variant!r}; choose from {VARIANTS}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", choices=VARIANTS, default=[])
     parser.add_argument("--darken", type=float, default=0.4)
     parser.add_argument("--blur-sigma", type=float, default=3.0)
-    parser.add_argument("--jpeg-quality", type=int, default=85)
+    parser.add_argument("--jpeg-quality", type=int, default=PRODUCER_JPEG_QUALITY)
     parser.add_argument("videos", type=Path, nargs="+")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
@@ -69,11 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not ok:
                     break
                 shifted = inject(frame, variant, args.darken, args.blur_sigma)
-                height, width = shifted.shape[:2]
-                jpeg = encode_jpeg(shifted, args.jpeg_quality)
-                rgb = jpeg_to_model_input(jpeg, width, height)
+                rgb, stats = as_served(*as_produced(shifted, args.jpeg_quality))
                 best, score = classify(session, rgb)
-                stats = image_statistics(rgb)
                 stat_names = stat_names or list(stats)
                 labels.append(best)
                 scores.append(score)

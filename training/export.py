@@ -13,8 +13,9 @@ Run from the repository root in the model environment::
 It is idempotent: a sidecar JSON beside model.onnx records the weights' and the
 ONNX file's hashes and the exporter settings; when they all match, nothing is redone.
 This module runs where camstream's own dependencies are absent: it imports only the
-standard library, numpy, torch, onnx and onnxruntime; the last three are imported
-where used, so that an up-to-date check answers in well under a second.
+standard library, numpy, camstream.modelrepo and camstream.errors (both standard
+library only), torch, onnx and onnxruntime; the last three are imported where used, so
+that an up-to-date check answers in well under a second.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from camstream import modelrepo
+from camstream.errors import CamstreamError
+
 MODEL_NAME = "efficientnet_lite0"
 ARCH = "efficientnet-lite0"
 OPSET = 17
-INPUT_NAME = "IMAGE"
-OUTPUT_NAME = "PROBS"
+INPUT_NAME = modelrepo.IMAGE
+OUTPUT_NAME = modelrepo.PROBS
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
 # Bump when the wrapper graph changes, so existing exports are redone.
@@ -48,7 +52,7 @@ EXPORTER_VERSION = 1
 MAX_ABS_DIFF = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(CamstreamError, RuntimeError):
     """The export could not be done or did not verify; the message says why."""
 
 
@@ -63,15 +67,15 @@ class ExportConfig:
 
     @property
     def model_dir(self) -> Path:
-        return self.repo / MODEL_NAME
+        return modelrepo.model_dir(self.repo, MODEL_NAME)
 
     @property
     def onnx_path(self) -> Path:
-        return self.model_dir / str(self.version) / "model.onnx"
+        return self.model_dir / str(self.version) / modelrepo.ONNX_FILE
 
     @property
     def sidecar_path(self) -> Path:
-        return self.onnx_path.with_name("model.onnx.json")
+        return self.onnx_path.with_name(f"{modelrepo.ONNX_FILE}.json")
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ def build_model(weights: Path) -> Any:  # a torch.nn.Module; torch is imported l
 
     net = EfficientNet.from_pretrained(ARCH, weights_path=str(weights))
 
-    class ImageClassifier(torch.nn.Module):
+    # torch lives in the model env only: to mypy (app env) the base class is Any.
+    class ImageClassifier(torch.nn.Module):  # type: ignore[misc]
         """uint8 NHWC RGB in, softmax probabilities out."""
 
         def __init__(self, backbone: torch.nn.Module) -> None:
@@ -226,10 +231,10 @@ def verify(model: Any, onnx_path: Path) -> float:
 
 
 def copy_labels(config: ExportConfig) -> Path:
-    lines = [line for line in config.labels.read_text().splitlines() if line.strip()]
-    if len(lines) != NUM_CLASSES:
-        raise ExportError(f"{config.labels} has {len(lines)} labels, expected {NUM_CLASSES}")
-    target = config.model_dir / "labels.txt"
+    labels = modelrepo.parse_labels(config.labels.read_text())
+    if len(labels) != NUM_CLASSES:
+        raise ExportError(f"{config.labels} has {len(labels)} labels, expected {NUM_CLASSES}")
+    target = modelrepo.labels_path(config.repo, MODEL_NAME)
     if not target.is_file() or target.read_bytes() != config.labels.read_bytes():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(".labels.txt.tmp")

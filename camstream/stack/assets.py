@@ -31,7 +31,7 @@ from typing import IO
 import cv2
 import structlog
 
-from camstream.stack.process import ServiceError
+from camstream.errors import ServiceError
 
 log = structlog.get_logger(__name__)
 

@@ -34,7 +34,8 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from camstream.stack.process import ManagedProcess, ServiceError, free_port, port_open
+from camstream.errors import ConfigError, ServiceError
+from camstream.stack.process import ManagedProcess, free_port, port_open
 
 log = structlog.get_logger(__name__)
 
@@ -232,7 +233,7 @@ class KafkaBroker:
         self.sasl_users = dict(sasl_users or {})
         for name, password in self.sasl_users.items():
             if not (_JAAS_SAFE.match(name) and _JAAS_SAFE.match(password)):
-                raise ValueError(
+                raise ConfigError(
                     "SASL user names and passwords may not hold '\"', '\\' or newlines"
                 )
         self.heap = heap
@@ -516,10 +517,12 @@ class KafkaBroker:
         names: Iterable[str],
         partitions: int,
         *,
+        replication_factor: int = 1,
         config: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        """Create topics with one replica; a topic that already exists is left as is.
+        """Create topics with ``replication_factor`` replicas (this broker alone holds
+        one); a topic that already exists is left as is.
 
         Returns once every partition of every topic has a leader.
         """
@@ -528,7 +531,10 @@ class KafkaBroker:
             return
         admin = self.admin()
         futures = admin.create_topics(
-            [NewTopic(n, partitions, 1, config=dict(config or {})) for n in wanted],
+            [
+                NewTopic(n, partitions, replication_factor, config=dict(config or {}))
+                for n in wanted
+            ],
             request_timeout=timeout_s,
         )
         for name, future in futures.items():

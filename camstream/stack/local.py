@@ -8,20 +8,20 @@ stopped, in reverse order, by ``stop()``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from camstream.cameras import CameraSpec, dump_cameras
+from camstream.errors import StackRunning
 from camstream.featurestore import apply_repo, materialize_all, prepare_repo, upsert_cameras
 from camstream.settings import Settings
 from camstream.stack.kafka import KafkaBroker
@@ -97,8 +97,12 @@ class LocalStack:
         workers: int = 1,
         supervise: bool = False,
     ) -> None:
-        """``supervise``: start a worker again when it exits (`camstream up` does; the
-        fault tests kill and restart workers themselves)."""
+        """Every child (workers, producers) runs with ``settings`` as given, pointed at
+        the stack's services (``child_settings``); ``worker_env`` holds ``CAMSTREAM_*``
+        variables that workers get on top (per-worker overrides a test changes between
+        restarts). ``supervise``: start a worker again when it exits (`camstream up`
+        does; the fault tests kill and restart workers themselves, with
+        tests/support/faults.py)."""
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
@@ -110,7 +114,6 @@ class LocalStack:
         self.workers: list[ManagedProcess] = []
         self.producer: ManagedProcess | None = None
         self.info: StackInfo | None = None
-        self._triton_paused = False
         self._supervise = supervise
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -120,8 +123,8 @@ class LocalStack:
     def start(self) -> StackInfo:
         previous = read_state(self.state_dir)
         if previous is not None and stack_running(previous):
-            raise SystemExit(
-                f"camstream: a stack is already running from {self.state_dir} "
+            raise StackRunning(
+                f"a stack is already running from {self.state_dir} "
                 f"(pids {sorted(previous.pids.values())}); stop it first (Ctrl-C or SIGTERM "
                 "to `camstream up`), or pass another CAMSTREAM_STATE_DIR"
             )
@@ -149,6 +152,7 @@ class LocalStack:
         self.kafka.create_topics(
             [s.frames_topic, s.predictions_topic, s.drift_topic, s.dlq_topic],
             partitions=s.topic_partitions,
+            replication_factor=s.topic_replication_factor,
         )
         self.triton = TritonServer(
             s.model_repo,
@@ -183,19 +187,31 @@ class LocalStack:
             dump_cameras(self.cameras, cameras_file)
             self.producer = self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
 
+    def child_settings(self, **update: Any) -> Settings:
+        """The stack's own settings pointed at its services: what its children run with."""
+        assert self.info is not None
+        endpoints: dict[str, Any] = {
+            "kafka_bootstrap": self.info.kafka_bootstrap,
+            "triton_grpc": self.info.triton_grpc,
+            "feast_repo": Path(self.info.feast_repo),
+            "state_dir": self.state_dir,
+        }
+        return self.settings.model_copy(update={**endpoints, **update})
+
     def _spawn(
         self,
         name: str,
         args: list[str],
         ready_metrics: tuple[str, ...] = (),
+        update: dict[str, Any] | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> ManagedProcess:
+        """Start ``camstream ARGS`` with the stack's settings (``update`` applied, then
+        ``extra_env``'s variables) and wait until its metrics show ``ready_metrics``."""
         assert self.info is not None
         port = free_port()
-        env = dict(os.environ)
-        env.update(self.info.env())
-        env["CAMSTREAM_METRICS_PORT"] = str(port)
-        env["CAMSTREAM_LOG_LEVEL"] = self.settings.log_level
+        settings = self.child_settings(metrics_port=port, **(update or {}))
+        env = settings.child_env()
         env.update(extra_env or {})
         log_path = self.logs_dir / f"{name}.log"
         process = ManagedProcess(
@@ -212,7 +228,7 @@ class LocalStack:
         self.info.pids[name] = process.pid
         return process
 
-    # Workers and faults (scale-out and the fault tests) ------------------------------
+    # Workers (scale-out, and the supervisor of `camstream up`) -----------------------
 
     @property
     def worker(self) -> ManagedProcess | None:
@@ -229,7 +245,8 @@ class LocalStack:
             ["worker"],
             # Joined its group and its model is ready: frames sent now do not queue.
             ready_metrics=("camstream_worker_assigned 1.0", "camstream_worker_ready 1.0"),
-            extra_env={**self.worker_env, "CAMSTREAM_WORKER_DATA_DIR": str(self.state_dir / name)},
+            update={"worker_data_dir": self.state_dir / name},
+            extra_env=self.worker_env,
         )
 
     def add_worker(self) -> ManagedProcess:
@@ -239,13 +256,6 @@ class LocalStack:
         if self.info is not None and len(self.workers) > 1:
             self._write_state()
         return process
-
-    def kill_worker(self, index: int = 0) -> None:
-        """SIGKILL a worker (no flush, no commit): what a crash or an OOM kill does."""
-        process = self.workers[index]
-        process.signal(signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            process.stop()
 
     def restart_worker(self, index: int = 0) -> ManagedProcess:
         """Start a stopped or killed worker again under the same name."""
@@ -284,33 +294,6 @@ class LocalStack:
         assert self.info is not None
         return _scrape(self.info.metrics_ports[self._worker_name(index)])
 
-    def pause_triton(self) -> None:
-        """Freeze the Triton server (SIGSTOP to its process group): connections hang
-        and every request times out, the way a stuck or unreachable server behaves."""
-        assert self.triton is not None
-        os.killpg(self.triton.pid, signal.SIGSTOP)
-        self._triton_paused = True
-
-    def resume_triton(self) -> None:
-        assert self.triton is not None
-        os.killpg(self.triton.pid, signal.SIGCONT)
-        self._triton_paused = False
-
-    def stop_triton(self) -> None:
-        """Stop the Triton server: its ports close and every call is refused, the way a
-        crashed or redeployed server behaves."""
-        assert self.triton is not None
-        self.triton.stop()
-
-    def start_triton(self, model_repository: Path | None = None) -> None:
-        """Start Triton again on the same ports, serving ``model_repository`` (by
-        default the stack's own); returns once its model is ready."""
-        assert self.triton is not None and self.info is not None
-        self.triton.model_repository = (model_repository or self.settings.model_repo).resolve()
-        self.triton.start()
-        self.info.pids["triton"] = self.triton.pid
-        self._write_state()
-
     def _write_state(self) -> None:
         assert self.info is not None
         path = self.state_dir / STATE_FILE
@@ -325,9 +308,6 @@ class LocalStack:
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=120)
-        if self._triton_paused:
-            with contextlib.suppress(Exception):
-                self.resume_triton()
         for service in (self.producer, *self.workers, self.triton, self.kafka):
             if service is None:
                 continue

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import structlog
 
+from camstream.errors import ServiceError
+
 log = structlog.get_logger(__name__)
 
-
-class ServiceError(RuntimeError):
-    """A service of the local stack failed to start; the message says which and why."""
-
+__all__ = ["ManagedProcess", "ServiceError", "free_port", "port_open", "tail"]
 
 _PR_SET_PDEATHSIG = 1
 

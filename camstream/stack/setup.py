@@ -13,7 +13,9 @@ from pathlib import Path
 
 import structlog
 
+from camstream import modelrepo
 from camstream.cameras import CameraSpec
+from camstream.errors import ServiceError
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.assets import SampleAssets, ensure_assets
 from camstream.stack.kafka import ensure_kafka_libs
@@ -22,7 +24,7 @@ from camstream.stack.triton import ModelEnv, locate_model_env
 log = structlog.get_logger(__name__)
 
 
-class SetupError(RuntimeError):
+class SetupError(ServiceError):
     """A set-up step failed; the message names the step and how to retry it."""
 
 
@@ -48,8 +50,9 @@ def run_in_model_env(env: ModelEnv, args: list[str], step: str) -> None:
 
 
 def ensure_model(settings: Settings, env: ModelEnv, assets: SampleAssets) -> None:
-    """Export the pretrained model into triton_repo and build its reference profile."""
-    model_dir = settings.model_repo / settings.model_name
+    """Export the pretrained model into the model repository (version 1), and build the
+    reference profile of the version served (``model_version``, else the latest)."""
+    model_dir = modelrepo.model_dir(settings.model_repo, settings.model_name)
     run_in_model_env(
         env,
         [
@@ -61,15 +64,23 @@ def ensure_model(settings: Settings, env: ModelEnv, assets: SampleAssets) -> Non
         ],
         "export the model",
     )
-    onnx = model_dir / "1" / "model.onnx"
+    version = modelrepo.resolve_version(
+        settings.model_repo, settings.model_name, settings.model_version
+    )
+    onnx = model_dir / str(version) / modelrepo.ONNX_FILE
     profile = settings.reference_profile_path
-    if not profile.exists() or profile.stat().st_mtime < onnx.stat().st_mtime:
+    # Rebuilt when the model or the code that measures frames changed (the profile must
+    # come from the serving decode: training/baseline.py uses camstream.imaging).
+    makers = (onnx, REPO_ROOT / "training" / "baseline.py", REPO_ROOT / "camstream" / "imaging.py")
+    if not profile.exists() or profile.stat().st_mtime < max(p.stat().st_mtime for p in makers):
         run_in_model_env(
             env,
             [
                 "training.baseline",
                 "--model",
                 str(model_dir),
+                "--version",
+                str(version),
                 "--out",
                 str(profile),
                 str(assets.vtest_video),

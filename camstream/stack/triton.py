@@ -27,13 +27,13 @@ from types import TracebackType
 
 import structlog
 
-from camstream.settings import REPO_ROOT, Settings
-from camstream.stack.process import ManagedProcess, ServiceError, free_port
+from camstream.errors import ServiceError
+from camstream.settings import REPO_ROOT
+from camstream.stack.process import ManagedProcess, free_port
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_MODEL_ENV = REPO_ROOT / ".venv-model"
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "triton_repo"
 SHM_DIR = Path("/dev/shm")
 
 # Run inside the model environment's interpreter: where it lives, and its base
@@ -185,17 +185,6 @@ class TritonServer:
         self.startup_s: float | None = None
         self.leaked_shm: list[str] = []
         self._process: ManagedProcess | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, model_repository: Path = DEFAULT_MODEL_REPOSITORY
-    ) -> TritonServer:
-        return cls(
-            model_repository,
-            cache_dir=settings.cache_dir,
-            log_dir=settings.state_dir / "logs",
-            ready_models=(settings.model_name,),
-        )
 
     @property
     def grpc_address(self) -> str:

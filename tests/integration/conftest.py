@@ -1,229 +1,29 @@
 """One real local stack per test session: Kafka, Triton, Feast and a Faust worker.
 
 Tests publish their own frames (no sample producers) and read the output topics with
-plain Kafka consumers, as a downstream service would.
+plain Kafka consumers, as a downstream service would. The helpers they use live in
+tests/support (stack.py: the Stack handle, Feed, reading predictions back; faults.py).
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
-import cv2
-import jsonschema
 import pytest
-from confluent_kafka import Consumer, Message, Producer
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from camstream.cameras import CameraSpec
-from camstream.featurestore import open_store, upsert_cameras
-from camstream.imaging import encode_jpeg
-from camstream.records import FrameHeaders
-from camstream.settings import REPO_ROOT, Settings
-from camstream.stack.assets import SampleAssets
-from camstream.stack.local import LocalStack, StackInfo
+from camstream.settings import Settings
+from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
-
-DRIFT_WINDOW = 10
-
-
-@dataclass
-class Stack:
-    info: StackInfo
-    settings: Settings
-    assets: SampleAssets
-
-    def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.info.kafka_bootstrap, "acks": "all"})
-
-    def publish(
-        self,
-        producer: Producer,
-        camera_id: str,
-        seq: int,
-        jpeg: bytes,
-        width: int,
-        height: int,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        meta = FrameHeaders(camera_id, seq, int(time.time() * 1000), width, height)
-        producer.produce(
-            self.settings.frames_topic,
-            value=jpeg,
-            key=camera_id.encode(),
-            headers=headers if headers is not None else meta.to_kafka(),
-        )
-
-    def limit_record_bytes(self, topic: str, limit: int | None) -> None:
-        """Set ``topic``'s max.message.bytes (None: back to the broker's default)."""
-        op = AlterConfigOpType.DELETE if limit is None else AlterConfigOpType.SET
-        entry = ConfigEntry("max.message.bytes", str(limit or 0), incremental_operation=op)
-        resource = ConfigResource("TOPIC", topic, incremental_configs=[entry])
-        admin = AdminClient({"bootstrap.servers": self.info.kafka_bootstrap})
-        for future in admin.incremental_alter_configs([resource]).values():
-            future.result(timeout=10)
-
-    def register(self, *cameras: CameraSpec) -> None:
-        upsert_cameras(open_store(Path(self.info.feast_repo)), list(cameras))
-
-    def collect(
-        self,
-        topic: str,
-        done: Callable[[list[Message]], bool],
-        timeout_s: float = 90.0,
-        camera_ids: set[str] | None = None,
-        isolation: str = "read_committed",
-    ) -> list[Message]:
-        """Read ``topic`` from the start until ``done(messages)`` or the timeout."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.info.kafka_bootstrap,
-                "isolation.level": isolation,
-                "group.id": f"test-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        consumer.subscribe([topic])
-        messages: list[Message] = []
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                key = (msg.key() or b"").decode(errors="replace")
-                if camera_ids is None or key in camera_ids:
-                    messages.append(msg)
-                if done(messages):
-                    break
-        finally:
-            consumer.close()
-        return messages
-
-
-def schema_validator(name: str) -> jsonschema.protocols.Validator:
-    schema = json.loads((REPO_ROOT / "schemas" / name).read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)  # type: ignore[no-any-return]
-
-
-class Feed(threading.Thread):
-    """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs."""
-
-    def __init__(
-        self,
-        stack: Stack,
-        cameras: list[str],
-        fps: float,
-        size: tuple[int, int] | None = None,
-    ) -> None:
-        super().__init__(daemon=True)
-        image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
-        if size is not None:
-            image = cv2.resize(image, size)
-        self.jpeg = encode_jpeg(image, 95 if size else 90)
-        self.size = (image.shape[1], image.shape[0])
-        self.stack = stack
-        self.cameras = cameras
-        self.fps = fps
-        self.halt = threading.Event()
-        self.delivered: set[tuple[str, int]] = set()
-        self.producer = Producer(
-            {"bootstrap.servers": stack.info.kafka_bootstrap, "acks": "all", "linger.ms": 5}
-        )
-
-    def __enter__(self) -> Feed:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        """Stop publishing and wait for the last deliveries."""
-        self.halt.set()
-        self.join(30)
-
-    def _on_delivery(self, camera: str, seq: int) -> Any:
-        def done(err: Any, _msg: Any) -> None:
-            if err is None:
-                self.delivered.add((camera, seq))
-
-        return done
-
-    def run(self) -> None:
-        seq = 0
-        while not self.halt.is_set():
-            seq += 1
-            for camera in self.cameras:
-                meta = FrameHeaders(camera, seq, int(time.time() * 1000), *self.size)
-                self.producer.produce(
-                    self.stack.settings.frames_topic,
-                    value=self.jpeg,
-                    key=camera.encode(),
-                    headers=meta.to_kafka(),
-                    on_delivery=self._on_delivery(camera, seq),
-                )
-            self.producer.poll(0)
-            self.halt.wait(1.0 / self.fps)
-        self.producer.flush(15)
-
-
-def prediction_counts(predictions: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
-    """How many predictions each (camera, seq) got."""
-    return Counter((p["camera_id"], p["seq"]) for p in predictions)
-
-
-def kill_and_restart_worker(local: LocalStack, feed: Feed) -> None:
-    """With ``feed`` running: SIGKILL the worker after 5 s, start it again 2 s later,
-    and stop the feed 3 s after that."""
-    with feed:
-        time.sleep(5)
-        local.kill_worker(0)
-        time.sleep(2)
-        local.restart_worker(0)
-        time.sleep(3)
-
-
-def predictions_of(stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]) -> list[dict]:
-    """The predictions of ``cameras`` (read_committed) once they cover ``wanted``."""
-
-    def covered(messages: list[Any]) -> bool:
-        got = {(m.key().decode(), json.loads(m.value())["seq"]) for m in messages}
-        return wanted <= got
-
-    messages = stack.collect(
-        stack.settings.predictions_topic, covered, timeout_s=120, camera_ids=cameras
-    )
-    return [json.loads(m.value()) for m in messages]
-
-
-def metric_sum(text: str, name: str) -> float:
-    """The sum of every sample of ``name`` (a prefix: labels may follow) in ``text``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from tests.support.stack import DRIFT_WINDOW, Stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("stack")
-    settings = Settings(state_dir=state, feature_cache_ttl_s=0.5)
+    # The stack's settings reach its worker as they are (LocalStack.child_settings).
+    settings = Settings(state_dir=state, feature_cache_ttl_s=0.5, drift_window_frames=DRIFT_WINDOW)
     prepared = prepare(settings)
-    local = LocalStack(
-        settings,
-        worker_env={
-            "CAMSTREAM_DRIFT_WINDOW_FRAMES": str(DRIFT_WINDOW),
-            "CAMSTREAM_FEATURE_CACHE_TTL_S": "0.5",
-        },
-    )
+    local = LocalStack(settings)
     try:
         info = local.start()
         yield Stack(info, settings, prepared.assets)

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from benchmarks.drift import SHIFTS, run
 from camstream.settings import Settings
-from streams.drift_bench import SHIFTS, run
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from camstream.cameras import CameraSpec
 from camstream.imaging import encode_jpeg
 from camstream.records import UNCERTAIN
 from producers.producer import run_producers
-from tests.integration.conftest import DRIFT_WINDOW, Stack, schema_validator
+from tests.support.stack import DRIFT_WINDOW, Stack, schema_validator
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from camstream.imaging import encode_jpeg
 from camstream.records import FrameHeaders
-from tests.integration.conftest import Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -24,14 +24,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
-from tests.integration.conftest import (
-    Feed,
-    Stack,
-    kill_and_restart_worker,
-    metric_sum,
-    prediction_counts,
-    predictions_of,
-)
+from tests.support.faults import kill_and_restart_worker, kill_worker
+from tests.support.stack import Feed, Stack, metric_sum, prediction_counts, predictions_of
 
 pytestmark = pytest.mark.integration
 
@@ -214,7 +208,7 @@ def test_a_worker_joining_and_dying_still_publishes_every_prediction_exactly_onc
         local.add_worker()
         time.sleep(6)
         # When the second one dies with SIGKILL
-        local.kill_worker(1)
+        kill_worker(local, 1)
         time.sleep(SESSION_TIMEOUT_S + 12)
 
     # Then the survivor took over and every prediction is there exactly once

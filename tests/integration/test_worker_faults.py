@@ -21,15 +21,16 @@ from camstream.cameras import CameraSpec
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
-from tests.integration.conftest import (
-    Feed,
-    Stack,
+from tests.support.faults import (
     kill_and_restart_worker,
-    metric_sum,
-    prediction_counts,
-    predictions_of,
+    kill_worker,
+    pause_triton,
+    resume_triton,
+    start_triton,
+    stop_triton,
 )
 from tests.support.live import slow_model_repository
+from tests.support.stack import Feed, Stack, metric_sum, prediction_counts, predictions_of
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,9 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     worker_pid = local.workers[0].pid
     feed = Feed(stack, cameras, fps=8)
     # Given frames flowing, when Triton freezes for 15 s mid-stream
-    max_lag = _feed_through(local, feed, local.pause_triton, local.resume_triton, fault_s=15)
+    max_lag = _feed_through(
+        local, feed, lambda: pause_triton(local), lambda: resume_triton(local), fault_s=15
+    )
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
@@ -110,12 +113,12 @@ def test_triton_stopped_and_started_again_loses_no_frame(
 
     def start() -> None:
         nonlocal back_ms
-        local.start_triton()
+        start_triton(local)
         back_ms = time.time() * 1000
 
     # Given frames flowing, when Triton is stopped (connections refused) for 10 s and
     # started again on the same address
-    max_lag = _feed_through(local, feed, local.stop_triton, start, fault_s=10)
+    max_lag = _feed_through(local, feed, lambda: stop_triton(local), start, fault_s=10)
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
@@ -154,8 +157,8 @@ def test_slow_model_keeps_worker_memory_bounded_while_lag_grows(
     local.worker_env["CAMSTREAM_BUFFER_FRAMES"] = "16"
     local.restart_worker(0)
     worker_pid = local.workers[0].pid
-    local.stop_triton()
-    local.start_triton(slow)
+    stop_triton(local)
+    start_triton(local, slow)
     # 1280x960 frames of ~260 KB at 3 x 15 fps, for a model that manages ~25 fps
     feed = Feed(stack, cameras, fps=15, size=(1280, 960))
     samples: list[tuple[float, float]] = []  # (lag, worker RSS MiB), once a second
@@ -169,8 +172,8 @@ def test_slow_model_keeps_worker_memory_bounded_while_lag_grows(
             predicted = metric_sum(local.worker_metrics(), "camstream_worker_predictions_total")
             survived = local.workers[0].running()
     finally:
-        local.stop_triton()
-        local.start_triton()
+        stop_triton(local)
+        start_triton(local)
         del local.worker_env["CAMSTREAM_BUFFER_FRAMES"]
         local.restart_worker(0)
     frame_mb = len(feed.jpeg) / 2**20
@@ -318,7 +321,7 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(
         (survivor,) = owners - {victim}
         # When the second worker dies
         killed_at_ms = time.time() * 1000
-        local.kill_worker(1)
+        kill_worker(local, 1)
         time.sleep(SESSION_TIMEOUT_S + 12)
 
     # Then every frame is predicted, and the survivor took the victim's cameras within

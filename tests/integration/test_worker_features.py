@@ -14,7 +14,7 @@ import pytest
 from camstream.cameras import CameraSpec
 from camstream.featurestore import open_store
 from camstream.imaging import encode_jpeg
-from tests.integration.conftest import DRIFT_WINDOW, Stack
+from tests.support.stack import DRIFT_WINDOW, Stack
 
 pytestmark = pytest.mark.integration
 

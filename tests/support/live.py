@@ -15,6 +15,8 @@ from typing import Self
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from camstream import modelrepo
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SCRIPT = Path(__file__).resolve().parent / "rtsp_server.py"
 
@@ -164,19 +166,22 @@ def slow_model_repository(
 ) -> Path:
     """A Triton model repository at ``target`` serving ``model`` from ``model_repo`` as
     one instance that sleeps ``seconds_per_image`` per image before classifying it:
-    the same name, inputs, outputs and weights, deliberately slow."""
-    source = model_repo / model
-    folder = target / model
-    (folder / "1").mkdir(parents=True)
-    (folder / "labels.txt").symlink_to(source / "labels.txt")
-    (folder / "1" / "model.onnx").symlink_to(source / "1" / "model.onnx")
-    (folder / "1" / "model.py").symlink_to(SLOW_MODEL)
-    config = (source / "config.pbtxt").read_text().replace("count: 2", "count: 1")
+    the same name, inputs, outputs and weights (of its latest version), deliberately
+    slow."""
+    source = modelrepo.model_dir(model_repo, model)
+    version = modelrepo.version_dir(model_repo, model)
+    folder = modelrepo.model_dir(target, model)
+    (folder / version.name).mkdir(parents=True)
+    (folder / modelrepo.LABELS_FILE).symlink_to(source / modelrepo.LABELS_FILE)
+    onnx = version / modelrepo.ONNX_FILE
+    (folder / version.name / modelrepo.ONNX_FILE).symlink_to(onnx)
+    (folder / version.name / "model.py").symlink_to(SLOW_MODEL)
+    config = (source / modelrepo.CONFIG_FILE).read_text().replace("count: 2", "count: 1")
     assert "count: 1" in config, "the instance_group of config.pbtxt changed; update this"
     for key, value in (
-        ("REAL_MODEL", str(source / "1" / "model.py")),
+        ("REAL_MODEL", str(version / "model.py")),
         ("SECONDS_PER_IMAGE", str(seconds_per_image)),
     ):
         config += f'\nparameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
-    (folder / "config.pbtxt").write_text(config)
+    (folder / modelrepo.CONFIG_FILE).write_text(config)
     return target

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
+import pytest
 
 from camstream.imaging import FINGERPRINT
-from camstream.records import ModelRef, render_schema
+from camstream.records import DriftRecord, ModelRef, render_schema
+from streams import drift_state
 from streams.drift import DriftMonitor, ReferenceProfile, Thresholds, drift_feature_row
 from streams.drift_stats import Sample, compare
 from streams.quality import QualityThresholds
@@ -56,8 +60,8 @@ def _monitor(rng: np.random.Generator, state: Path | None = None, **kw: object) 
 
 def _feed(
     monitor: DriftMonitor, rng: np.random.Generator, frames: int, start: int = 0, **kw: object
-):  # type: ignore[no-untyped-def]
-    records = []
+) -> list[DriftRecord]:
+    records: list[DriftRecord] = []
     for n in range(start, start + frames):
         label, score, stats = _frame(rng, n, **kw)  # type: ignore[arg-type]
         records += monitor.observe("cam", 1000 + 100 * n, label, score, stats)
@@ -194,3 +198,246 @@ def test_feature_row_matches_the_feast_drift_view() -> None:
     record = _feed(_monitor(rng), rng, WINDOW)[0]
     row = drift_feature_row(record)
     assert {f.name for f in camera_drift_fv.schema} <= set(row)
+
+
+# The record's contract: every flag follows from the record's own fields -----------------
+
+
+def _rule(test: dict[str, Any]) -> bool:
+    """`drifted` as a consumer in another language recomputes it from the schema's words."""
+    value, threshold = test["value"], test["threshold"]
+    beyond = (
+        threshold is None
+        or {
+            "gt": value > threshold if threshold is not None else True,
+            "ge": value >= threshold if threshold is not None else True,
+            "abs_gt": abs(value) > threshold if threshold is not None else True,
+        }[test["comparison"]]
+    )
+    limit = test["p_value_limit"]
+    return beyond and (limit is None or test["p_value"] < limit)
+
+
+def _varied_records() -> list[DriftRecord]:
+    """Real records of every kind: calibrating, calibrated, shifted, broken, silent."""
+    rng = np.random.default_rng(11)
+    monitor = _monitor(rng, quality=QualityThresholds(silence_s=5))
+    records = _feed(monitor, rng, 4 * WINDOW, brightness=60)  # calibrating, far from reference
+    records += _feed(monitor, rng, 2 * WINDOW, start=4 * WINDOW, brightness=60)
+    records += _feed(monitor, rng, 2 * WINDOW, start=6 * WINDOW, brightness=20, label="kite")
+    frozen = {"brightness": 3.0, "dark_fraction": 0.99, "bright_fraction": 0.0, FINGERPRINT: 1.0}
+    for n in range(WINDOW):
+        records += monitor.observe("cam", 10**6 + 100 * n, "pole", 0.5, frozen)
+    records += monitor.tick(10**7) + monitor.tick(10**7 + 60_000)
+    return records
+
+
+def test_every_statistics_flag_follows_from_the_records_own_fields() -> None:
+    # Given real drift records of every kind, as a consumer parses them
+    records = _varied_records()
+    documents = [json.loads(r.to_json_bytes()) for r in records]
+    assert {d["kind"] for d in documents} == {"window", "silence"}
+    assert {d["calibrating"] for d in documents} == {True, False}
+    seen = set()
+    for document in documents:
+        for test in document["statistics"]:
+            # Then each statistic's flag is the documented rule applied to its fields
+            assert test["drifted"] == _rule(test), test
+            seen.add((test["test"], test["drifted"]))
+        # and the record's flag and reasons follow from the statistics that count
+        counted = [
+            t
+            for t in document["statistics"]
+            if not document["calibrating"] or t["baseline"] == "none"
+        ]
+        assert document["drift"] == any(t["drifted"] for t in counted)
+        assert len(document["reasons"]) == sum(t["drifted"] for t in counted)
+    assert {("ks", True), ("ks", False), ("psi", True), ("max_identical_run", True)} <= seen
+
+
+def test_ks_names_its_p_value_limit_and_no_placeholder_threshold_while_calibrating() -> None:
+    records = _varied_records()
+    calibrating = [t for t in records[0].statistics if t.test == "ks"]
+    calibrated = [t for r in records if not r.calibrating for t in r.statistics if t.test == "ks"]
+    assert calibrating and calibrated
+    for test in calibrating + calibrated:
+        assert test.p_value_limit == THRESHOLDS.ks_pvalue and test.p_value is not None
+    # while calibrating no distance limit exists (the p-value alone decides): null, not 0.0
+    assert all(t.threshold is None and t.baseline == "reference" for t in calibrating)
+    # once calibrated, the limit is the camera's own: what its calibration windows reached
+    # (0 for a statistic that never moved there, here the constant dark_fraction)
+    assert all(t.threshold is not None for t in calibrated)
+    assert all(t.threshold > 0 for t in calibrated if t.name == "brightness")  # type: ignore[operator]
+    adwin = [t for r in records for t in r.statistics if t.test == "adwin"]
+    assert adwin and all(t.threshold == 1.0 and t.comparison == "ge" for t in adwin)
+
+
+def test_a_statistic_that_cannot_be_measured_is_left_out_never_written_as_null() -> None:
+    # Given a window whose brightness is NaN on some frames and whose confidences are NaN
+    rng = np.random.default_rng(12)
+    monitor = _monitor(rng, calibration_frames=0)
+    records = []
+    for n in range(WINDOW):
+        label, _score, stats = _frame(rng, n)
+        if n % 5 == 0:
+            stats["brightness"] = float("nan")
+        records += monitor.observe("cam", 1000 + 100 * n, label, float("nan"), stats)
+    # When it closes, then the record is valid JSON without NaN or null measurements
+    (record,) = records
+
+    def no_nan(token: str) -> float:
+        raise AssertionError(f"{token} in a drift record")
+
+    document = json.loads(record.to_json_bytes(), parse_constant=no_nan)
+    validator = jsonschema.Draft202012Validator(json.loads(render_schema(DriftRecord)))
+    validator.validate(document)
+    tests = {(t["name"], t["test"]): t for t in document["statistics"]}
+    # the NaN confidences gave no mean shift; brightness was measured on the other frames
+    assert ("confidence", "mean_shift") not in tests
+    assert all(t["value"] is not None for t in tests.values())
+    assert ("brightness", "ks") in tests and tests[("brightness", "ks")]["sample_size"] == 4
+
+
+# State on disk: incremental, and a restart anywhere changes nothing -------------------
+
+
+def _frames(
+    seed: int, count: int, start: int = 0
+) -> list[tuple[int, str, float, dict[str, float]]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in range(start, start + count):
+        label, score, stats = _frame(rng, n, brightness=120 if n < 7 * WINDOW else 60)
+        out.append((1000 + 100 * n, label, score, stats))
+    return out
+
+
+def _play(
+    monitor: DriftMonitor, frames: list[tuple[int, str, float, dict[str, float]]]
+) -> list[DriftRecord]:
+    records = []
+    for capture_ms, label, score, stats in frames:
+        records += monitor.observe("cam", capture_ms, label, score, stats)
+        if capture_ms % 1000 == 0:
+            records += monitor.tick(capture_ms)
+    return records
+
+
+def _fresh(state: Path | None) -> DriftMonitor:
+    return _monitor(np.random.default_rng(0), state)
+
+
+def test_a_restart_anywhere_gives_the_records_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    # Given the frames of a camera that calibrates, runs undisturbed, then darkens
+    frames = _frames(13, 9 * WINDOW)
+    expected = [r.model_dump() for r in _play(_fresh(None), frames)]
+    # When a worker stops (checkpointing) and restarts mid-calibration, at a window's close,
+    # mid-window after calibration, and twice in a row
+    cuts = [0, 2 * WINDOW + 17, 4 * WINDOW, 5 * WINDOW + 31, 5 * WINDOW + 32, 9 * WINDOW]
+    records = []
+    for start, stop in itertools.pairwise(cuts):
+        monitor = _fresh(tmp_path)
+        records += _play(monitor, frames[start:stop])
+        monitor.checkpoint()
+    # Then it publishes exactly what an uninterrupted worker does
+    assert [r.model_dump() for r in records] == expected
+    assert any(r["drift"] for r in expected) and any(r["calibrating"] for r in expected)
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_state_writes_are_incremental_and_the_baseline_is_written_once(tmp_path: Path) -> None:
+    # Given a camera that has calibrated
+    monitor = _fresh(tmp_path)
+    frames = _frames(14, 8 * WINDOW)
+    _play(monitor, frames[: 4 * WINDOW])
+    camera = tmp_path / "cam"
+    baseline = (camera / "baseline.json").stat()
+    assert not (camera / "calibration.jsonl").exists()
+    # When more frames arrive, then a checkpoint only appends them to the journal
+    _play(monitor, frames[4 * WINDOW : 4 * WINDOW + 10])
+    before = _files(tmp_path)
+    monitor.tick(10**6)
+    after = _files(tmp_path)
+    assert {k for k in after if after[k] != before[k]} == {"cam/journal.jsonl"}
+    assert after["cam/journal.jsonl"][0] > before["cam/journal.jsonl"][0]
+    # and nothing at all when nothing arrived
+    monitor.tick(10**6 + 60_000)  # (the camera is reported silent: one event line)
+    settled = _files(tmp_path)
+    monitor.checkpoint()
+    assert _files(tmp_path) == settled
+    # and the baseline is never written again
+    _play(monitor, frames[4 * WINDOW + 10 :])
+    assert (camera / "baseline.json").stat().st_mtime_ns == baseline.st_mtime_ns
+
+
+def test_a_crash_during_a_windows_close_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given frames up to a checkpoint, then a crash while the next window's close is
+    # written (its lines appended, its snapshot not yet in place)
+    frames = _frames(15, 6 * WINDOW)
+    expected = [r.model_dump() for r in _play(_fresh(None), frames)]
+    monitor = _fresh(tmp_path)
+    records = _play(monitor, frames[: 3 * WINDOW - 1])
+    monitor.checkpoint()
+    real_replace = drift_state._replace
+
+    def crash(path: Path, text: str) -> None:
+        if path.name == "snapshot.json":
+            raise OSError("killed")
+        real_replace(path, text)
+
+    monkeypatch.setattr(drift_state, "_replace", crash)
+    with pytest.raises(OSError, match="killed"):
+        _play(monitor, frames[3 * WINDOW - 1 : 3 * WINDOW])
+    monkeypatch.setattr(drift_state, "_replace", real_replace)
+    with (tmp_path / "cam" / "journal.jsonl").open("a") as journal:
+        journal.write('{"t": 1, "a"')  # and a line torn by the crash
+    # When a new worker starts and the unacknowledged frame is delivered again
+    records += _play(_fresh(tmp_path), frames[3 * WINDOW - 1 :])
+    # Then the records are those of an uninterrupted run
+    assert [r.model_dump() for r in records] == expected
+
+
+def test_an_unreadable_state_starts_the_camera_afresh(tmp_path: Path) -> None:
+    monitor = _fresh(tmp_path)
+    _play(monitor, _frames(16, 2 * WINDOW))
+    (tmp_path / "cam" / "snapshot.json").write_text("{not json")
+    restarted = _fresh(tmp_path)
+    assert "cam" not in restarted.cameras
+    records = _play(restarted, _frames(16, WINDOW, start=2 * WINDOW))
+    assert len(records) == 1 and records[0].calibrating
+
+
+def test_state_of_the_previous_layout_keeps_last_seen_times_and_recalibrates(
+    tmp_path: Path,
+) -> None:
+    # Given a state file written by the previous release (one JSON file per camera)
+    legacy = {
+        "version": 1,
+        "reference_profile_id": "ref-1",
+        "window": None,
+        "calibration": {"labels": [], "confidence": [], "stats": {}},
+        "baseline": None,
+        "freeze": {"last": 3.0, "run": 4},
+        "last_capture_ms": 5_000,
+        "last_arrival_ms": 6_000,
+        "silent": False,
+        "history": [0.5, 0.6],
+    }
+    (tmp_path / "cam%2F1.json").write_text(json.dumps(legacy))
+    # When the new release starts on it
+    monitor = _fresh(tmp_path)
+    # Then the camera keeps when it was last seen and its freeze run, in the new layout
+    camera = monitor.cameras["cam/1"]
+    assert (camera.last_capture_ms, camera.last_arrival_ms) == (5_000, 6_000)
+    assert (camera.freeze.last, camera.freeze.run) == (3.0, 4)
+    assert not (tmp_path / "cam%2F1.json").exists() and (tmp_path / "cam%2F1").is_dir()
+    assert "cam/1" in _fresh(tmp_path).cameras

@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
+from camstream.errors import DlqKind, FrameRejected
 from camstream.imaging import (
     MODEL_SIZE,
-    ImageError,
     decode_jpeg,
     encode_jpeg,
     image_statistics,
@@ -50,10 +50,14 @@ def test_jpeg_dimensions_reports_a_claimed_size_without_allocating_it() -> None:
 
 @pytest.mark.parametrize(
     ("data", "kind"),
-    [(b"", "not_jpeg"), (b"GIF89a....", "not_jpeg"), (b"\xff\xd8\xff\xe0\x00", "corrupt_jpeg")],
+    [
+        (b"", DlqKind.NOT_JPEG),
+        (b"GIF89a....", DlqKind.NOT_JPEG),
+        (b"\xff\xd8\xff\xe0\x00", DlqKind.CORRUPT_JPEG),
+    ],
 )
-def test_jpeg_dimensions_rejects_what_is_not_a_jpeg(data: bytes, kind: str) -> None:
-    with pytest.raises(ImageError) as err:
+def test_jpeg_dimensions_rejects_what_is_not_a_jpeg(data: bytes, kind: DlqKind) -> None:
+    with pytest.raises(FrameRejected) as err:
         jpeg_dimensions(data)
     assert err.value.kind == kind
 

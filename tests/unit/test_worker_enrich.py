@@ -1,21 +1,26 @@
 """streams.enrich: a slow or failing Feast never holds a batch; pushes coalesce and retry.
 
-Feast itself is replaced by a small stand-in here (the logic is what is under test); the
-integration tests run the same code against the real SQLite online store.
+Feast itself is replaced by a small stand-in here (the logic is what is under test),
+except in the float32 test, which registers a camera in a real Feast (SQLite online
+store, a temporary folder); the integration tests run the same code on the stack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from camstream.records import Enrichment
+from camstream.records import Enrichment, FrameHeaders, ModelRef
 from streams import enrich
-from streams.enrich import FeatureCache, FeaturePusher
+from streams.enrich import FeatureCache, FeaturePusher, OnlineStore, feature_value
+from streams.records_out import BatchTiming, build_prediction
 
 
 class Store:
@@ -99,3 +104,78 @@ def test_pushes_keep_the_latest_row_per_camera_and_retry_after_a_failure(store: 
             assert pusher.pending() == 0
 
     asyncio.run(scenario())
+
+
+def test_float32_features_read_back_as_the_decimal_that_was_written() -> None:
+    # Feast keeps Float32 features: 0.2 reads back as 0.20000000298023224.
+    assert feature_value(float(np.float32(0.2))) == 0.2
+    assert feature_value(np.float32(0.35)) == 0.35
+    assert feature_value(float(np.float32(0.123456789))) == 0.12345679
+    # A float that is no float32 stays itself; NaN and infinity are no value at all.
+    assert feature_value(0.1) == 0.1
+    assert feature_value(float("nan")) is None and feature_value(float("inf")) is None
+    assert [feature_value(v) for v in (True, 3, "zone", None)] == [True, 3, "zone", None]
+
+
+def _prediction(features: dict[str, Any], status: Enrichment) -> dict[str, Any]:
+    prediction = build_prediction(
+        FrameHeaders("cam", 1, 1_000, 64, 48),
+        np.array([0.1, 0.7, 0.2], dtype=np.float32),
+        ["cat", "dog", "car"],
+        model=ModelRef(name="m", version="1"),
+        features=features,
+        enrichment=status,
+        default_threshold=0.5,
+        k=2,
+        timing=BatchTiming(received_s=1.0),
+        produced_s=None,
+        worker="w",
+        now_ms=1_100,
+    )
+    document: dict[str, Any] = json.loads(prediction.to_json_bytes())
+    return document
+
+
+def test_a_threshold_of_0_2_in_the_store_is_0_2_in_the_prediction(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the store answers as Feast does, with the float32 read back as a float64
+    monkeypatch.setattr(
+        enrich,
+        "camera_features",
+        lambda _store, ids: {cid: {"confidence_threshold": float(np.float32(0.2))} for cid in ids},
+    )
+
+    async def scenario() -> dict[str, Any]:
+        with ThreadPoolExecutor(1) as pool:
+            cache = FeatureCache(store, ttl_s=10, timeout_s=1, executor=pool)  # type: ignore[arg-type]
+            features, status = (await cache.get(["cam"]))["cam"]
+            return _prediction(features, status)
+
+    # When a prediction is made with the camera's features, then it says 0.2 exactly
+    document = asyncio.run(scenario())
+    assert document["threshold"] == 0.2
+    assert document["features"]["confidence_threshold"] == 0.2
+
+
+def test_a_threshold_of_0_2_registered_in_real_feast_is_0_2_in_the_prediction(
+    tmp_path: Path,
+) -> None:
+    # Given a camera registered with threshold 0.2 in a real Feast (SQLite online store)
+    from camstream.cameras import CameraSpec
+    from camstream.featurestore import apply_repo, prepare_repo, upsert_cameras
+
+    repo = prepare_repo(tmp_path / "feast")
+    upsert_cameras(apply_repo(repo), [CameraSpec(id="cam", source="x", confidence_threshold=0.2)])
+
+    async def scenario() -> dict[str, Any]:
+        with ThreadPoolExecutor(1) as pool:
+            cache = FeatureCache(OnlineStore(repo), ttl_s=10, timeout_s=60, executor=pool)
+            features, status = (await cache.get(["cam"]))["cam"]
+            assert status is Enrichment.OK
+            return _prediction(features, status)
+
+    # When the worker reads it and makes a prediction, then the record says 0.2
+    document = asyncio.run(scenario())
+    assert document["threshold"] == 0.2
+    assert document["features"]["confidence_threshold"] == 0.2

@@ -1,8 +1,10 @@
 """EfficientNet-Lite0 on onnxruntime inside Triton's python backend.
 
-Names, dtypes and the onnxruntime thread count come from config.pbtxt. All requests of
-one dynamic batch run as a single onnxruntime call; a request whose IMAGE tensor is
-malformed gets its own TritonError while the others still answer.
+Names (camstream.modelrepo's IMAGE and PROBS: a unit test keeps config.pbtxt equal to
+them), dtypes and the onnxruntime thread count come from config.pbtxt; this file runs in
+Triton's stub, where camstream is not importable. All requests of one dynamic batch run
+as a single onnxruntime call; a request whose input tensor is malformed gets its own
+TritonError while the others still answer.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-INPUT_NAME = "IMAGE"
-OUTPUT_NAME = "PROBS"
-
 
 class TritonPythonModel:
     """One instance per instance_group entry; each owns one onnxruntime session."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        image = pb_utils.get_input_config_by_name(config, INPUT_NAME)
-        probs = pb_utils.get_output_config_by_name(config, OUTPUT_NAME)
+        (image,) = config["input"]
+        (probs,) = config["output"]
+        self._input = str(image["name"])
+        self._output = str(probs["name"])
         self._image_dims = tuple(int(d) for d in image["dims"])
         self._image_dtype = pb_utils.triton_string_to_numpy(image["data_type"])
         self._probs_dtype = pb_utils.triton_string_to_numpy(probs["data_type"])
@@ -52,7 +53,7 @@ class TritonPythonModel:
                 "--labels <labels>` in the model environment first"
             )
         self._session = ort.InferenceSession(str(path), options, providers=providers)
-        self._output_index = [o.name for o in self._session.get_outputs()].index(OUTPUT_NAME)
+        self._output_index = [o.name for o in self._session.get_outputs()].index(self._output)
         pb_utils.Logger.log_info(
             f"{args['model_name']}/{args['model_instance_name']}: {path.name} on "
             f"{self._session.get_providers()[0]}, {threads} intra-op thread(s)"
@@ -73,7 +74,7 @@ class TritonPythonModel:
         if images:
             batch = images[0] if len(images) == 1 else np.concatenate(images)
             try:
-                probs = self._session.run(None, {INPUT_NAME: batch})[self._output_index]
+                probs = self._session.run(None, {self._input: batch})[self._output_index]
             except Exception as exc:  # one failed run fails its requests, not the server
                 error = pb_utils.TritonError(f"onnxruntime failed: {type(exc).__name__}: {exc}")
                 for index in owners:
@@ -84,7 +85,7 @@ class TritonPythonModel:
                 for index, image in zip(owners, images, strict=True):
                     rows = probs[start : start + len(image)]
                     start += len(image)
-                    tensor = pb_utils.Tensor(OUTPUT_NAME, np.ascontiguousarray(rows))
+                    tensor = pb_utils.Tensor(self._output, np.ascontiguousarray(rows))
                     responses[index] = pb_utils.InferenceResponse(output_tensors=[tensor])
         return responses
 
@@ -92,16 +93,17 @@ class TritonPythonModel:
         self._session = None
 
     def _image_of(self, request: Any) -> tuple[np.ndarray, str | None]:
-        """The request's IMAGE as [n, *dims] of the configured dtype, or why not."""
-        tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+        """The request's input as [n, *dims] of the configured dtype, or why not."""
+        name = self._input
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
-            return np.empty(0), f"missing input {INPUT_NAME}"
+            return np.empty(0), f"missing input {name}"
         image = tensor.as_numpy()
         if image.dtype != self._image_dtype:
-            return image, f"{INPUT_NAME} must be {self._image_dtype.__name__}, got {image.dtype}"
+            return image, f"{name} must be {self._image_dtype.__name__}, got {image.dtype}"
         if image.ndim != len(self._image_dims) + 1 or image.shape[1:] != self._image_dims:
             expected = ", ".join(str(d) for d in self._image_dims)
-            return image, f"{INPUT_NAME} must have shape [N, {expected}], got {list(image.shape)}"
+            return image, f"{name} must have shape [N, {expected}], got {list(image.shape)}"
         if not 1 <= image.shape[0] <= self._max_rows:
-            return image, f"{INPUT_NAME} batch must be 1..{self._max_rows}, got {image.shape[0]}"
+            return image, f"{name} batch must be 1..{self._max_rows}, got {image.shape[0]}"
         return image, None

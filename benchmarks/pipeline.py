@@ -4,10 +4,12 @@ would otherwise write, measured in one run.
 Figures, each the median over ``rounds`` rounds that run interleaved (so the machine's
 noise falls on all of them alike):
 
-- baseline_fps: one in-process loop decoding, preprocessing (camstream.imaging) and
-  classifying as many frames as a pipeline round, with the same ONNX model in
-  onnxruntime, batch 1, on ``threads`` threads (streams.bench_baseline, in the model
-  environment).
+- baseline_fps: the strongest in-process program: every candidate of
+  benchmarks.baseline (serial batch 1; a thread per core with its own one-thread
+  onnxruntime session, batch 1, 4 or 8; a decode pool ahead of one batched session)
+  decodes, preprocesses (camstream.imaging) and classifies as many frames as a pipeline
+  round with the same ONNX model, in the model environment; the fastest median is the
+  baseline, and the figures name every candidate, so "strongest" is checked each run.
 - triton_fps: bare Triton, the same model input sent over async gRPC, as many
   requests in flight as the worker keeps.
 - pipeline_fps: frames through the whole stack (Kafka -> worker -> Triton -> Feast ->
@@ -15,6 +17,11 @@ noise falls on all of them alike):
   from the first frame sent to the last prediction published.
 - At ``load`` x pipeline_fps, paced over ``cameras`` cameras for ``latency_s``: the
   end-to-end latency (capture to prediction published) percentiles.
+- What the yardstick itself costs: the load generator (this process's Kafka producer)
+  publishing alone, to a topic no worker reads, in a burst and paced at the load rate:
+  its CPU per frame and the broker's; and per process (this one, Kafka, the worker,
+  Triton, everything else on the machine) the CPU per frame during the max and the
+  load runs, so a figure disturbed by the generator or by other work shows it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import cv2
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from benchmarks.cpu import CpuMeter, cores
+from camstream import modelrepo
 from camstream.imaging import encode_jpeg, jpeg_dimensions, jpeg_to_model_input
 from camstream.records import FrameHeaders
 from camstream.settings import REPO_ROOT, Settings
@@ -48,20 +57,20 @@ class BenchConfig:
     rounds: int = 3
     latency_s: float = 20.0
     load: float = 0.7
-    threads: int = 2
     distinct_frames: int = 120
+    generator_s: float = 10.0  # the load generator alone, paced at the load rate
 
 
 def _video_frames(video: Path, count: int) -> list[bytes]:
     """Pre-encoded JPEG frames of a real video (encoding is not what we measure)."""
     capture = cv2.VideoCapture(str(video))
-    frames = []
+    frames: list[bytes] = []
     try:
         while len(frames) < count:
             ok, image = capture.read()
             if not ok:
                 break
-            frames.append(encode_jpeg(image, 85))
+            frames.append(encode_jpeg(np.asarray(image, dtype=np.uint8), 85))
     finally:
         capture.release()
     if not frames:
@@ -96,8 +105,9 @@ class _Predictions:
     def _run(self) -> None:
         while not self.halt.is_set():
             msg = self.consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                self.records.append(json.loads(msg.value()))
+            value = msg.value() if msg is not None and not msg.error() else None
+            if value:
+                self.records.append(json.loads(value))
 
     def wait_for(self, prefix: str, count: int, timeout_s: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
@@ -135,13 +145,14 @@ def _publish(
         seqs[camera] += 1
         width, height = sizes[i % len(frames)]
         meta = FrameHeaders(camera, seqs[camera], time.time_ns() // 1_000_000, width, height)
+        headers: list[tuple[str, str | bytes | None]] = [*meta.to_kafka()]
         while True:
             try:
                 producer.produce(
                     topic,
                     value=frames[i % len(frames)],
                     key=camera.encode(),
-                    headers=meta.to_kafka(),
+                    headers=headers,
                 )
                 break
             except BufferError:
@@ -165,7 +176,7 @@ async def _bare_triton(
     async def worker() -> None:
         while not queue.empty():
             chunk = queue.get_nowait()
-            request = InferInput("IMAGE", list(chunk.shape), "UINT8")
+            request = InferInput(modelrepo.IMAGE, list(chunk.shape), "UINT8")
             request.set_data_from_numpy(chunk)
             await client.infer(model, [request])
 
@@ -177,21 +188,20 @@ async def _bare_triton(
         await client.close()
 
 
-def _baseline(
-    model_env_python: Path, model: Path, frames_dir: Path, threads: int, count: int
-) -> float:
-    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS=str(threads))
+def _baseline(model_env_python: Path, model: Path, frames_dir: Path, count: int) -> dict[str, Any]:
+    """One round of every in-process candidate (benchmarks.baseline, model env)."""
+    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     result = subprocess.run(
         [
             str(model_env_python),
             "-m",
-            "streams.bench_baseline",
+            "benchmarks.baseline",
             "--model",
             str(model),
             "--frames",
             str(frames_dir),
-            "--threads",
-            str(threads),
+            "--cores",
+            str(cores()),
             "--rounds",
             "1",
             "--count",
@@ -205,7 +215,52 @@ def _baseline(
     )
     if result.returncode != 0:
         raise RuntimeError(f"baseline failed:\n{result.stderr[-2000:]}")
-    return float(json.loads(result.stdout.strip().splitlines()[-1])["fps"])
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def strongest_baseline(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each candidate's median over the rounds; the fastest is the baseline."""
+    candidates: dict[str, Any] = {}
+    for name, first in rounds[0]["candidates"].items():
+        fps = [float(r["candidates"][name]["fps"]) for r in rounds]
+        candidates[name] = {
+            "fps": round(statistics.median(fps), 1),
+            "fps_rounds": [round(x, 1) for x in fps],
+            "what": first["what"],
+        }
+    best = max(candidates, key=lambda name: float(candidates[name]["fps"]))
+    return {"best": best, "cores": rounds[0]["cores"], "candidates": candidates}
+
+
+def _generator_alone(
+    producer: Producer,
+    topic: str,
+    frames: list[bytes],
+    sizes: list[tuple[int, int]],
+    meter: CpuMeter,
+    cameras: int,
+    burst: int,
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The load generator publishing to ``topic``, which no worker reads: in a burst of
+    ``burst`` frames (as the max rounds publish), then paced at ``rate`` for
+    ``seconds`` (as the load run does). CPU per frame of this process and the broker."""
+    figures: dict[str, Any] = {}
+    names = [f"gen-{i}" for i in range(cameras)]
+    for case, count, pace in (("burst", burst, None), ("paced", int(rate * seconds), rate)):
+        meter.start()
+        _publish(producer, topic, frames, sizes, names, count, pace)
+        cpu = meter.stop(count)
+        figures[case] = {
+            "frames": count,
+            "rate_fps": round(rate, 1) if pace else None,
+            "cpu_ms_per_frame": cpu["bench"],
+            "broker_cpu_ms_per_frame": cpu["kafka"],
+            "other_cpu_ms_per_frame": cpu["other"],
+        }
+    return figures
 
 
 def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
@@ -220,7 +275,7 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         [jpeg_to_model_input(f, w, h) for f, (w, h) in zip(frames, sizes, strict=True)]
     )
     bare_images = np.concatenate([images] * max(1, config.frames // len(images)))
-    model_onnx = settings.model_repo / settings.model_name / "1" / "model.onnx"
+    model_onnx = settings.model_version_dir() / modelrepo.ONNX_FILE
     env = locate_model_env()
     with tempfile.TemporaryDirectory(prefix="camstream-bench-") as tmp:
         frames_dir = Path(tmp) / "frames"
@@ -230,6 +285,11 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         stack_settings = settings.model_copy(update={"state_dir": Path(tmp) / "state"})
         stack = LocalStack(stack_settings)
         info = stack.start()
+        # Each service runs in its own process group, led by the pid it was started as.
+        meter = CpuMeter({name: info.pids[name] for name in ("kafka", "triton", "worker")})
+        generator_topic = f"{settings.topic_prefix}bench.generator"
+        assert stack.kafka is not None
+        stack.kafka.create_topics([generator_topic], partitions=settings.topic_partitions)
         producer = Producer(
             {"bootstrap.servers": info.kafka_bootstrap, "linger.ms": 5, "acks": "all"}
         )
@@ -238,16 +298,19 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         )
         batch = max(1, settings.batch_max // settings.infer_inflight)
         inflight = settings.infer_inflight * settings.pipeline_depth
-        baseline, bare, pipeline = [], [], []
+        baseline: list[dict[str, Any]] = []
+        bare, pipeline, max_cpu, baseline_cpu = [], [], [], []
         try:
             # Warm the path (first batches pay connection set-up and caches).
             warm = [f"warm-{i}" for i in range(config.cameras)]
             _publish(producer, settings.frames_topic, frames, sizes, warm, 40, None)
             reader.wait_for("warm-", 40, 120)
             for r in range(config.rounds):
+                meter.start()
                 baseline.append(
-                    _baseline(env.bin_dir / "python", model_onnx, frames_dir, 2, config.frames)
+                    _baseline(env.bin_dir / "python", model_onnx, frames_dir, config.frames)
                 )
+                baseline_cpu.append(meter.stop(config.frames * len(baseline[-1]["candidates"])))
                 bare.append(
                     asyncio.run(
                         _bare_triton(
@@ -258,18 +321,33 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
                 prefix = f"max{r}-"
                 cameras = [f"{prefix}{i}" for i in range(config.cameras)]
                 started_ms = time.time_ns() // 1_000_000
+                meter.start()
                 _publish(
                     producer, settings.frames_topic, frames, sizes, cameras, config.frames, None
                 )
                 done = reader.wait_for(prefix, config.frames, 300)
+                max_cpu.append(meter.stop(config.frames))
                 last_ms = max(p["published_ts_ms"] for p in done)
                 pipeline.append(config.frames / ((last_ms - started_ms) / 1000))
             max_fps = statistics.median(pipeline)
             rate = config.load * max_fps
+            generator = _generator_alone(
+                producer,
+                generator_topic,
+                frames,
+                sizes,
+                meter,
+                config.cameras,
+                config.frames,
+                rate,
+                config.generator_s,
+            )
             count = int(rate * config.latency_s)
             cameras = [f"load-{i}" for i in range(config.cameras)]
+            meter.start()
             _publish(producer, settings.frames_topic, frames, sizes, cameras, count, rate)
             loaded = reader.wait_for("load-", count, 120)
+            load_cpu = meter.stop(count)
             e2e = [float(p["latency"]["end_to_end_ms"]) for p in loaded]
             span_s = (
                 max(p["published_ts_ms"] for p in loaded)
@@ -280,15 +358,23 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
             del producer  # its client must go before the broker does
             reader.close()
             stack.stop()
-    baseline_fps = statistics.median(baseline)
+    strongest = strongest_baseline(baseline)
+    best = strongest["candidates"][strongest["best"]]
+    baseline_fps = float(best["fps"])
     triton_fps = statistics.median(bare)
+    machine = strongest["cores"]
+    # The generator's share of the machine: its CPU per frame at the rate it ran.
+    burst_ms, paced_ms = (generator[c]["cpu_ms_per_frame"] for c in ("burst", "paced"))
+    generator["share_of_machine_at_max"] = round(burst_ms * max_fps / 1000 / machine, 3)
+    generator["share_of_machine_at_load"] = round(paced_ms * rate / 1000 / machine, 3)
     return {
         "cameras": config.cameras,
         "frames_per_round": config.frames,
         "rounds": config.rounds,
         "frame_size": f"{sizes[0][0]}x{sizes[0][1]}",
         "baseline_fps": round(baseline_fps, 1),
-        "baseline_fps_rounds": [round(x, 1) for x in baseline],
+        "baseline_fps_rounds": best["fps_rounds"],
+        "baseline": strongest,
         "triton_fps": round(triton_fps, 1),
         "triton_fps_rounds": [round(x, 1) for x in bare],
         "pipeline_fps": round(max_fps, 1),
@@ -301,20 +387,39 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         "load_achieved_fps": round((len(loaded) - 1) / span_s, 1) if span_s > 0 else 0.0,
         "load_frames": len(loaded),
         "end_to_end_ms": _quantiles(e2e),
+        "generator": generator,
+        "cpu_ms_per_frame": {
+            "baseline": _median_of(baseline_cpu),
+            "max": _median_of(max_cpu),
+            "load": load_cpu,
+        },
+        # Another program's CPU during each round: above ~0.1 a round was disturbed.
+        "other_cores_rounds": {
+            "baseline": [c["other_cores"] for c in baseline_cpu],
+            "max": [c["other_cores"] for c in max_cpu],
+        },
         "settings": {
             "batch_max": settings.batch_max,
             "batch_within_s": settings.batch_within_s,
             "infer_inflight": settings.infer_inflight,
             "pipeline_depth": settings.pipeline_depth,
-            "baseline_threads": 2,
         },
     }
 
 
+def _median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
+
+
 def table(figures: dict[str, Any]) -> str:
     e2e = figures["end_to_end_ms"]
+    strongest = figures["baseline"]
     rows = [
-        ("in-process baseline (onnxruntime)", f"{figures['baseline_fps']:.1f} fps", "1.000"),
+        (
+            f"in-process baseline: {strongest['best']}",
+            f"{figures['baseline_fps']:.1f} fps",
+            "1.000",
+        ),
         (
             "bare Triton (gRPC)",
             f"{figures['triton_fps']:.1f} fps",
@@ -337,5 +442,33 @@ def table(figures: dict[str, Any]) -> str:
     lines.append(
         f"medians of {figures['rounds']} interleaved rounds; {figures['cameras']} "
         f"cameras, {figures['frames_per_round']} frames ({figures['frame_size']})"
+    )
+    lines.append(
+        f"baseline: the fastest of {len(strongest['candidates'])} in-process candidates "
+        f"on {strongest['cores']} cores (fps, median):"
+    )
+    for name, row in sorted(
+        strongest["candidates"].items(), key=lambda item: -float(item[1]["fps"])
+    ):
+        mark = "*" if name == strongest["best"] else " "
+        lines.append(f" {mark} {name:<12} {row['fps']:>7.1f}  {row['what']}")
+    generator = figures["generator"]
+    lines.append(
+        f"load generator alone: {generator['burst']['cpu_ms_per_frame']} ms CPU/frame "
+        f"in a burst ({generator['share_of_machine_at_max']:.1%} of the machine at max "
+        f"rate), {generator['paced']['cpu_ms_per_frame']} ms paced "
+        f"({generator['share_of_machine_at_load']:.1%} at the load rate); broker "
+        f"{generator['burst']['broker_cpu_ms_per_frame']} ms/frame"
+    )
+    for run_name, cpu in figures["cpu_ms_per_frame"].items():
+        parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if not k.endswith("_cores"))
+        lines.append(
+            f"CPU ms/frame during the {run_name} run: {parts} ({cpu['busy_cores']} cores "
+            f"busy, {cpu['stolen_cores']} stolen by the host)"
+        )
+    other = figures["other_cores_rounds"]
+    lines.append(
+        f"cores other programs took, per round: baseline {other['baseline']}, "
+        f"pipeline {other['max']} (above ~0.1, that round was disturbed)"
     )
     return "\n".join(lines)

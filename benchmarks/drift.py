@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from camstream import modelrepo
 from camstream.records import DriftRecord, ModelRef
 from streams.drift import DriftMonitor, ReferenceProfile, Thresholds
 from streams.quality import QualityThresholds
@@ -213,13 +214,13 @@ def run_bench(
 
 
 def ensure_frames(
-    cache_dir: Path, model_dir: Path, videos: list[Path], darken: float, blur_sigma: float
+    cache_dir: Path, version_dir: Path, videos: list[Path], darken: float, blur_sigma: float
 ) -> Path:
     """The cached per-frame table of the videos, computed in the model env when missing."""
     from camstream.stack.setup import run_in_model_env
     from camstream.stack.triton import locate_model_env
 
-    key = cache_key(model_dir / "1" / "model.onnx", videos, darken, blur_sigma)
+    key = cache_key(version_dir / modelrepo.ONNX_FILE, videos, darken, blur_sigma)
     out = cache_dir / "drift-bench" / f"frames-{key}.npz"
     if out.is_file():
         return out
@@ -231,7 +232,9 @@ def ensure_frames(
             [
                 "training.drift_frames",
                 "--model",
-                str(model_dir),
+                str(version_dir.parent),
+                "--version",
+                version_dir.name,
                 "--out",
                 str(staged),
                 "--variant",
@@ -273,10 +276,9 @@ def run(
     from camstream.stack.assets import ensure_assets
 
     assets = ensure_assets(settings.cache_dir)
-    model_dir = settings.model_repo / settings.model_name
-    frames = ensure_frames(
-        settings.cache_dir, model_dir, [assets.vtest_video, assets.bikes_video], darken, blur_sigma
-    )
+    videos = [assets.vtest_video, assets.bikes_video]
+    version_dir = settings.model_version_dir()
+    frames = ensure_frames(settings.cache_dir, version_dir, videos, darken, blur_sigma)
     figures = run_bench(
         load_clips(frames),
         config_from_settings(settings, windows, trials),

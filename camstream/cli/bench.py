@@ -1,0 +1,69 @@
+"""`camstream bench pipeline|producer|drift`: the options, and a table or --json of
+what the benchmarks package measures (the measuring itself lives there)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from camstream.cli.common import new_app, out, settings
+
+app = new_app(
+    help="Benchmarks: a table for people, or one JSON object with --json.", no_args_is_help=True
+)
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object.")]
+
+
+@app.command("pipeline")
+def pipeline(
+    cameras: Annotated[int, typer.Option(help="Cameras the frames are spread over.")] = 4,
+    frames: Annotated[int, typer.Option(help="Frames per throughput round.")] = 480,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds; figures are medians.")] = 3,
+    latency_s: Annotated[float, typer.Option(help="Length of the latency run.")] = 20.0,
+    load: Annotated[float, typer.Option(help="Latency run's rate, x max throughput.")] = 0.7,
+    as_json: AsJson = False,
+) -> None:
+    """Frames through the real stack vs. an in-process onnxruntime loop and bare Triton:
+    throughput, the ratios, and end-to-end latency percentiles at a share of the max."""
+    from benchmarks.pipeline import BenchConfig, run, table
+
+    config = BenchConfig(
+        cameras=cameras, frames=frames, rounds=rounds, latency_s=latency_s, load=load
+    )
+    figures = run(settings(), config)
+    out(json.dumps(figures) if as_json else table(figures))
+
+
+@app.command("producer")
+def producer(
+    frames: Annotated[int, typer.Option(help="Frames per round and side.")] = 300,
+    rounds: Annotated[int, typer.Option(help="Rounds (medians are reported).")] = 5,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="A broker to use (default: a temporary local one).")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Producer frames/s per core on 720p sources, and the ratio to bare OpenCV
+    read+encode measured in the same run (goal >= 0.8)."""
+    from benchmarks.producer import bench_producer, format_table
+
+    report = bench_producer(settings(), frames=frames, rounds=rounds, bootstrap=bootstrap)
+    out(json.dumps(report) if as_json else format_table(report))
+
+
+@app.command("drift")
+def drift(
+    windows: Annotated[int, typer.Option(help="Undisturbed windows per camera.")] = 60,
+    trials: Annotated[int, typer.Option(help="Start positions per injected shift.")] = 8,
+    darken: Annotated[float, typer.Option(help="Share of brightness removed.")] = 0.4,
+    blur_sigma: Annotated[float, typer.Option(help="Gaussian blur sigma, camera pixels.")] = 3.0,
+    as_json: AsJson = False,
+) -> None:
+    """Replay the sample videos through the drift detector: false alarms on undisturbed
+    streams, and detection delay of injected shifts (dark, blur, switch, frozen)."""
+    from benchmarks.drift import run, table
+
+    figures = run(settings(), windows, trials, darken, blur_sigma)
+    out(json.dumps(figures) if as_json else table(figures))
