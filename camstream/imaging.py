@@ -103,6 +103,16 @@ def jpeg_to_model_input(data: bytes, width: int, height: int) -> Image:
     return to_model_input(decode_jpeg(data, reduction_for(width, height)))
 
 
+def fit_within(image: Image, max_width: int, max_height: int) -> Image:
+    """Scale down (never up), keeping the aspect ratio, to fit max_width x max_height."""
+    height, width = image.shape[:2]
+    scale = min(max_width / width, max_height / height)
+    if scale >= 1:
+        return image
+    size = (max(round(width * scale), 1), max(round(height * scale), 1))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
 def encode_jpeg(bgr: Image, quality: int = 85) -> bytes:
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:

@@ -22,12 +22,12 @@ from confluent_kafka import KafkaException
 
 from camstream.cameras import Backpressure, CameraConfigError, CameraSpec, check_source
 from camstream.errors import FrameRejected
-from camstream.imaging import encode_jpeg
+from camstream.imaging import encode_jpeg, fit_within
 from camstream.records import FrameHeaders
 from camstream.settings import Settings
 from producers.delivery import FramePublisher, ProducerFatalError, topic_message_limit
 from producers.feed import FeedConfig, Frame, LatestFeed, PacedFeed
-from producers.sources import Image, Timeouts, fit_within, make_source
+from producers.sources import Image, Timeouts, make_source
 from producers.stats import CameraCounters, CameraState, DropReason, ProducerStats
 
 log = structlog.get_logger(__name__)

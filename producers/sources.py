@@ -230,15 +230,5 @@ def make_source(camera: CameraSpec, timeouts: Timeouts) -> Source:
     return CaptureSource(camera.source, kind, timeouts)
 
 
-def fit_within(image: Image, max_width: int, max_height: int) -> Image:
-    """Scale down (never up), keeping the aspect ratio, to fit max_width x max_height."""
-    height, width = image.shape[:2]
-    scale = min(max_width / width, max_height / height)
-    if scale >= 1:
-        return image
-    size = (max(round(width * scale), 1), max(round(height * scale), 1))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

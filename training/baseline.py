@@ -36,7 +36,13 @@ import numpy.typing as npt
 
 from camstream import modelrepo
 from camstream.errors import CamstreamError, ConfigError
-from camstream.imaging import FINGERPRINT, encode_jpeg, image_statistics, jpeg_to_model_input
+from camstream.imaging import (
+    FINGERPRINT,
+    encode_jpeg,
+    fit_within,
+    image_statistics,
+    jpeg_to_model_input,
+)
 
 if TYPE_CHECKING:  # onnxruntime is imported where a model is loaded: the application
     import onnxruntime as ort  # env (tests/unit/test_baseline.py) has none
@@ -53,16 +59,6 @@ PRODUCER_JPEG_QUALITY = 85
 RECIPE = "producer-jpeg-q85-fit1280x720/worker-decode"
 
 Image = npt.NDArray[np.uint8]
-
-
-def fit_within(image: Image, max_width: int, max_height: int) -> Image:
-    """Scale down (never up), keeping the aspect ratio: producers.sources.fit_within."""
-    height, width = image.shape[:2]
-    scale = min(max_width / width, max_height / height)
-    if scale >= 1:
-        return image
-    size = (max(round(width * scale), 1), max(round(height * scale), 1))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
 def as_produced(bgr: Image, quality: int = PRODUCER_JPEG_QUALITY) -> tuple[bytes, int, int]:

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from camstream.cameras import CameraSpec
-from camstream.imaging import encode_jpeg, image_statistics, to_model_input
+from camstream.imaging import encode_jpeg, fit_within, image_statistics, to_model_input
 from camstream.records import FrameHeaders
 from camstream.settings import REPO_ROOT
-from producers.sources import fit_within
 from streams.pipeline import prepare
 from training import baseline
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from camstream.imaging import fit_within
 from producers.feed import Backoff, FeedConfig, LatestFeed, PacedFeed, Sampler
 from producers.producer import encode_within
 from producers.sources import (
@@ -18,7 +19,6 @@ from producers.sources import (
     SourceConnectionError,
     SourceEnded,
     SyntheticSource,
-    fit_within,
 )
 from producers.stats import CameraCounters, CameraState, DropReason
 
