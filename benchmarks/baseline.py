@@ -15,7 +15,7 @@ many threads as the machine has cores (``--cores``):
   on ``cores`` intra-op threads, N frames a call.
 
 Runs in the model environment (.venv-model: onnxruntime needs numpy < 2), so it imports
-only numpy, cv2, onnxruntime and camstream.imaging; prints one JSON object:
+only numpy, cv2, onnxruntime, camstream.imaging and camstream.modelrepo; prints one JSON object:
 
     .venv-model/bin/python -m benchmarks.baseline --model M.onnx --frames DIR
 """
@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from camstream import modelrepo
 from camstream.imaging import jpeg_dimensions, jpeg_to_model_input
 
 Batch = npt.NDArray[np.uint8]
@@ -63,8 +64,7 @@ def open_session(model: Path, threads: int) -> ort.InferenceSession:
 
 
 def _classify(session: ort.InferenceSession, images: list[Batch]) -> None:
-    name = session.get_inputs()[0].name
-    probs = session.run(None, {name: np.stack(images)})[0]
+    probs = session.run([modelrepo.PROBS], {modelrepo.IMAGE: np.stack(images)})[0]
     np.argmax(probs, axis=1)  # the top-1, as a user's program would take it
 
 

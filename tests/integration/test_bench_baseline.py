@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from camstream import modelrepo
 from camstream.imaging import encode_jpeg
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.assets import ensure_assets
@@ -27,7 +28,7 @@ def test_baseline_measures_every_candidate_and_reports_the_fastest(tmp_path: Pat
         assert ok
         (tmp_path / f"{i:04d}.jpg").write_bytes(encode_jpeg(image, 85))
     video.release()
-    model = settings.model_repo / settings.model_name / "1" / "model.onnx"
+    model = settings.model_version_dir() / modelrepo.ONNX_FILE
     # When the baseline runs one short round in the model environment
     result = subprocess.run(
         [
