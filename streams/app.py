@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -130,6 +131,7 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(frames)
     async def classify(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         if settings.delivery == "exactly_once":
+            exactly_once.check_internals(app)  # the consumer exists now
             for output in outputs.values():
                 await output.maybe_declare()  # with topic_partitions, if missing
             problem = await exactly_once.partition_mismatch(app, settings)
@@ -215,4 +217,6 @@ def run_worker(settings: Settings) -> None:
         redirect_stdouts=False,
         override_logging=False,
     )
+    if not sys.stdout.isatty():
+        worker.spinner = None  # its cursor codes would land in the JSON log file
     worker.execute_from_commandline()

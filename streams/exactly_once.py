@@ -51,14 +51,19 @@ PRODUCER_INTERNALS = (
 CONSUMER_INTERNALS = (("_committed_offset", False),)
 
 
-def check_internals(app: faust.App) -> None:
+def check_internals(app: faust.App, *, consumer: bool = True) -> None:
     """Raise ServiceError naming every Faust internal this module patches or reads
-    that the installed Faust lacks (or whose kind changed)."""
+    that the installed Faust lacks (or whose kind changed).
+
+    ``consumer=False`` leaves the consumer's out: touching ``app.consumer`` creates
+    it, which must not happen while the app is being built (its agents and topics are
+    not declared yet); the app checks those once its agent runs.
+    """
     missing = []
-    for owner, names in (
-        (app.producer, PRODUCER_INTERNALS),
-        (app.consumer, CONSUMER_INTERNALS),
-    ):
+    owners: list[tuple[Any, tuple[tuple[str, bool], ...]]] = [(app.producer, PRODUCER_INTERNALS)]
+    if consumer:
+        owners.append((app.consumer, CONSUMER_INTERNALS))
+    for owner, names in owners:
         for name, coroutine in names:
             value = getattr(owner, name, None)
             if value is None or (coroutine and not inspect.iscoroutinefunction(value)):
@@ -73,7 +78,7 @@ def check_internals(app: faust.App) -> None:
 
 def install(app: faust.App, frames_topic: str, guard: asyncio.Lock) -> Send:
     """Apply the commit guard and fresh transactions; returns the transactional send."""
-    check_internals(app)
+    check_internals(app, consumer=False)
     guard_commits(app, guard)
     fresh_transactions(app)
     return transactional_send(app, frames_topic)
