@@ -23,6 +23,7 @@ import tritonclient.grpc.aio as aiogrpcclient
 from tritonclient.utils import InferenceServerException
 
 from camstream.imaging import Image, to_model_input
+from camstream.modelrepo import IMAGE, PROBS
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.assets import SampleAssets, ensure_assets
 from camstream.stack.process import ServiceError
@@ -96,10 +97,10 @@ def load_photo(path: Path) -> Image:
 
 def infer_probs(address: str, batch: np.ndarray) -> np.ndarray:
     with grpcclient.InferenceServerClient(address) as client:
-        image = grpcclient.InferInput("IMAGE", list(batch.shape), "UINT8")
+        image = grpcclient.InferInput(IMAGE, list(batch.shape), "UINT8")
         image.set_data_from_numpy(batch)
-        result = client.infer(MODEL, [image], outputs=[grpcclient.InferRequestedOutput("PROBS")])
-        probs = result.as_numpy("PROBS")
+        result = client.infer(MODEL, [image], outputs=[grpcclient.InferRequestedOutput(PROBS)])
+        probs = result.as_numpy(PROBS)
     assert probs is not None
     return probs
 
@@ -115,10 +116,10 @@ async def infer_concurrently(address: str, images: list[Image]) -> list[np.ndarr
     try:
 
         async def one(image: Image) -> np.ndarray:
-            tensor = aiogrpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")
+            tensor = aiogrpcclient.InferInput(IMAGE, [1, *image.shape], "UINT8")
             tensor.set_data_from_numpy(image[None])
             result = await client.infer(MODEL, [tensor])
-            probs = result.as_numpy("PROBS")
+            probs = result.as_numpy(PROBS)
             assert probs is not None
             return probs
 
