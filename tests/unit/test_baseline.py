@@ -13,6 +13,7 @@ from camstream.cameras import CameraSpec
 from camstream.imaging import encode_jpeg, fit_within, image_statistics, to_model_input
 from camstream.records import FrameHeaders
 from camstream.settings import REPO_ROOT
+from camstream.stack.triton import locate_model_env
 from streams.pipeline import prepare
 from training import baseline
 
@@ -80,15 +81,13 @@ def test_the_old_full_size_decode_skews_sharpness_against_the_worker() -> None:
     assert full_size["sharpness"] != pytest.approx(served["sharpness"], rel=0.01)
 
 
-MODEL_PYTHON = REPO_ROOT / ".venv-model" / "bin" / "python"
-
-
-@pytest.mark.skipif(not MODEL_PYTHON.exists(), reason="no model environment (make setup)")
 def test_the_baseline_imports_in_the_model_environment() -> None:
+    # The model environment is part of every set-up (`make setup`): missing, this fails.
+    model_python = locate_model_env().bin_dir / "python"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     code = "import training.baseline, training.drift_frames, onnxruntime"
     result = subprocess.run(
-        [str(MODEL_PYTHON), "-c", code],
+        [str(model_python), "-c", code],
         check=False,
         cwd=REPO_ROOT,
         env=env,

@@ -11,6 +11,7 @@ import pytest
 from camstream import modelrepo
 from camstream.errors import ConfigError
 from camstream.settings import REPO_ROOT, Settings
+from camstream.stack.triton import locate_model_env
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -100,9 +101,7 @@ def test_the_served_models_config_names_the_tensors_camstream_sends() -> None:
 
 def test_modelrepo_imports_in_the_model_environment_without_app_dependencies() -> None:
     # Given the model environment's interpreter (numpy < 2, no pydantic)
-    python = REPO_ROOT / ".venv-model" / "bin" / "python"
-    if not python.is_file():
-        pytest.skip("no model environment (.venv-model); `make setup` creates it")
+    python = locate_model_env().bin_dir / "python"  # part of every set-up: never skipped
     # When it imports camstream.modelrepo
     probe = (
         "import sys, camstream.modelrepo; "
