@@ -42,9 +42,6 @@ TRITON_FAILURES = Counter(
 INFLIGHT_REQUESTS = Gauge("camstream_worker_inflight_requests", "Triton requests in flight")
 BREAKER = Gauge("camstream_worker_breaker_state", "Triton breaker: 0 closed, 1 half-open, 2 open")
 
-INPUT = modelrepo.IMAGE
-OUTPUT = modelrepo.PROBS
-
 
 def channel_args(reconnect_max_s: float) -> list[tuple[str, int]]:
     """tritonclient's default channel options, with gRPC's reconnect backoff capped at
@@ -103,9 +100,9 @@ class TritonClassifier:
         backoff and the circuit breaker, so that an outage pauses consumption instead
         of piling retries up here.
         """
-        request = InferInput(INPUT, list(images.shape), "UINT8")
+        request = InferInput(modelrepo.IMAGE, list(images.shape), "UINT8")
         request.set_data_from_numpy(images)
-        outputs = [InferRequestedOutput(OUTPUT)]
+        outputs = [InferRequestedOutput(modelrepo.PROBS)]
         try:
             result = await self._client.infer(
                 self._model,
@@ -116,7 +113,7 @@ class TritonClassifier:
             )
         except InferenceServerException as exc:
             raise InferenceError(f"Triton failed on a batch of {len(images)}: {exc}") from exc
-        probs: npt.NDArray[np.float32] | None = result.as_numpy(OUTPUT)
+        probs: npt.NDArray[np.float32] | None = result.as_numpy(modelrepo.PROBS)
         if probs is None or probs.shape[0] != images.shape[0]:
             raise InferenceError("Triton returned no probabilities for the batch")
         return probs.astype(np.float32, copy=False)
