@@ -272,6 +272,14 @@ class Settings(BaseSettings):
     # Every long-running process serves Prometheus metrics; 0 picks a free port.
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # The model lifecycle
+    datasets_dir: Path | None = Field(
+        default=None, description="Datasets (a folder each); default <state_dir>/datasets."
+    )
+    registry_dir: Path | None = Field(
+        default=None, description="The model registry; default <state_dir>/registry."
+    )
+
     # Local stack
     state_dir: Path = Field(default=REPO_ROOT / ".camstream")
     cache_dir: Path = Field(default=Path.home() / ".cache" / "camstream")
@@ -332,6 +340,14 @@ class Settings(BaseSettings):
     @property
     def feast_repo_path(self) -> Path:
         return self.feast_repo or self.state_dir / "feast"
+
+    @property
+    def datasets_path(self) -> Path:
+        return self.datasets_dir or self.state_dir / "datasets"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry_dir or self.state_dir / "registry"
 
     @property
     def worker_dir(self) -> Path:

@@ -36,16 +36,22 @@ class Prepared:
     seconds: float
 
 
-def run_in_model_env(env: ModelEnv, args: list[str], step: str) -> None:
+def run_in_model_env(env: ModelEnv, args: list[str], step: str, capture: bool = True) -> None:
+    """Run ``python -m ARGS`` in the model environment from the repository root.
+
+    ``capture=False`` lets the child write to this terminal (progress bars, reports) and
+    only reports its exit status; with capture its stderr's tail goes into the error.
+    """
     environ = dict(os.environ)
     environ["PYTHONPATH"] = str(REPO_ROOT)
     command = [str(env.bin_dir / "python"), "-m", *args]
     result = subprocess.run(
-        command, cwd=REPO_ROOT, env=environ, capture_output=True, text=True, check=False
+        command, cwd=REPO_ROOT, env=environ, capture_output=capture, text=True, check=False
     )
     if result.returncode != 0:
+        detail = f":\n{result.stderr[-3000:]}" if capture else " (its messages are above)"
         raise SetupError(
-            f"set-up step '{step}' failed ({' '.join(command)}):\n{result.stderr[-3000:]}"
+            f"step '{step}' failed (exit {result.returncode}, {' '.join(command)}){detail}"
         )
 
 
