@@ -163,3 +163,39 @@ def image_statistics(rgb: Image) -> dict[str, float]:
         "bright_fraction": float(np.count_nonzero(gray >= BRIGHT_LEVEL)) / pixels,
         FINGERPRINT: float(int.from_bytes(digest, "big")),
     }
+
+
+# Perceptual hash ------------------------------------------------------------------
+
+PHASH_SIZE = 32  # the image is shrunk to this square before the DCT
+PHASH_BITS = 8  # the top-left 8x8 lowest frequencies make the 64-bit hash
+
+
+def perceptual_hash(image: Image) -> str:
+    """DCT perceptual hash (pHash) as 16 hex digits: equal for an image and its
+    re-encoded, rescaled or slightly retouched copies, so datasets can keep
+    near-duplicates in one split.
+
+    Grey, 32x32 (INTER_AREA), 2-D DCT; each of the 8x8 lowest frequencies is one bit,
+    set when above the median of those 64 less the DC term (the DC is the mean
+    brightness, not the structure). Accepts grey, BGR or BGRA.
+    """
+    if image.ndim == 3 and image.shape[2] == 4:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        gray = image.reshape(image.shape[:2])
+    else:
+        raise ValueError(f"perceptual_hash needs a grey, BGR or BGRA image, got {image.shape}")
+    small = cv2.resize(gray, (PHASH_SIZE, PHASH_SIZE), interpolation=cv2.INTER_AREA)
+    low = cv2.dct(small.astype(np.float32))[:PHASH_BITS, :PHASH_BITS].ravel()
+    median = np.partition(low[1:], 31)[31]  # the median of the 63: np.median, 10x faster
+    return np.packbits(low > median).tobytes().hex()
+
+
+def hamming(a: str, b: str) -> int:
+    """Bits that differ between two perceptual hashes (0 = the same image to pHash)."""
+    if len(a) != len(b):
+        raise ValueError(f"hashes of different lengths: {a!r}, {b!r}")
+    return (int(a, 16) ^ int(b, 16)).bit_count()

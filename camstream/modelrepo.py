@@ -6,6 +6,11 @@
     <repo>/<model>/reference_profile.json  the drift reference profile
     <repo>/<model>/<version>/model.onnx    one version: a positive integer folder name
     <repo>/<model>/<version>/model.py      the python-backend model that serves it
+    <repo>/<model>/<version>/labels.txt    that version's own labels and drift profile,
+    <repo>/<model>/<version>/reference_profile.json   when it has them (registry versions)
+
+A version's own labels and profile win over the model-level ones, which belong to the
+champion last installed (Triton's ``label_filename`` names the model-level file).
 
 Every exported model takes ``IMAGE`` (RGB uint8 [N, 224, 224, 3]) and returns ``PROBS``
 (float32 softmax over its labels), so any model can serve any camera.
@@ -16,6 +21,10 @@ imports it as well as the application.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +37,7 @@ CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 REFERENCE_PROFILE_FILE = "reference_profile.json"
 ONNX_FILE = "model.onnx"
+MODEL_PY_FILE = "model.py"
 
 
 @dataclass(frozen=True)
@@ -77,12 +87,31 @@ def model_dir(repo: Path, model: str) -> Path:
     return repo / model
 
 
-def labels_path(repo: Path, model: str) -> Path:
-    return repo / model / LABELS_FILE
+def labels_path(repo: Path, model: str, version: str | int | None = None) -> Path:
+    """The labels of ``version`` when it has its own, else the model's."""
+    return _version_or_model_file(repo, model, version, LABELS_FILE)
 
 
-def reference_profile_path(repo: Path, model: str) -> Path:
-    return repo / model / REFERENCE_PROFILE_FILE
+def reference_profile_path(repo: Path, model: str, version: str | int | None = None) -> Path:
+    """The drift reference profile of ``version`` when it has its own, else the model's."""
+    return _version_or_model_file(repo, model, version, REFERENCE_PROFILE_FILE)
+
+
+def _version_or_model_file(repo: Path, model: str, version: str | int | None, name: str) -> Path:
+    if version is not None and str(version) != "":
+        own = repo / model / str(version) / name
+        if own.is_file():
+            return own
+    return repo / model / name
+
+
+def served_version(repo: Path, model: str, version: str | int = "") -> int | None:
+    """The version Triton serves (``version``, else the latest), or None when there is
+    no such version: for callers that fall back to the model-level files."""
+    try:
+        return resolve_version(repo, model, version)
+    except ConfigError:
+        return None
 
 
 def resolve_version(repo: Path, model: str, version: str | int = "") -> int:
@@ -135,3 +164,146 @@ def read_labels(path: Path) -> list[str]:
             "or fix CAMSTREAM_MODEL_REPO / CAMSTREAM_MODEL_NAME"
         )
     return parse_labels(path.read_text())
+
+
+# Installing a version --------------------------------------------------------------
+
+# The config of a model that promote installs: the shape of efficientnet_lite0's
+# config.pbtxt (its comments hold the measurements behind each setting), with PROBS
+# sized by the model's labels. model.py reads every name and number from here.
+CONFIG_TEMPLATE = """\
+# Written by `camstream promote` (camstream.modelrepo.install_version): the python
+# backend running onnxruntime on each version's model.onnx, like efficientnet_lite0
+# (whose config.pbtxt gives the measured reasons for batching, instances and threads).
+name: "{name}"
+backend: "python"
+max_batch_size: 32
+
+input [
+  {{
+    name: "{image}"
+    data_type: TYPE_UINT8
+    dims: [ 224, 224, 3 ]
+  }}
+]
+
+# Softmax probabilities over the classes of labels.txt (the champion's), in its order.
+output [
+  {{
+    name: "{probs}"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+    label_filename: "{labels}"
+  }}
+]
+
+dynamic_batching {{
+  max_queue_delay_microseconds: 100
+}}
+
+instance_group [
+  {{
+    count: 2
+    kind: KIND_CPU
+  }}
+]
+
+parameters {{
+  key: "ORT_INTRA_OP_THREADS"
+  value: {{ string_value: "1" }}
+}}
+
+model_warmup [
+  {{
+    name: "zeros_batch_4"
+    batch_size: 4
+    inputs {{
+      key: "{image}"
+      value: {{
+        data_type: TYPE_UINT8
+        dims: [ 224, 224, 3 ]
+        zero_data: true
+      }}
+    }}
+  }}
+]
+"""
+
+
+def model_config(model: str) -> str:
+    """The config.pbtxt ``install_version`` writes for a model that has none."""
+    return CONFIG_TEMPLATE.format(name=model, image=IMAGE, probs=PROBS, labels=LABELS_FILE)
+
+
+def install_version(
+    repo: Path,
+    model: str,
+    number: int,
+    onnx: Path,
+    labels: Path,
+    profile: Path,
+    model_py: Path,
+) -> Path:
+    """Install one version into the repository as ``<repo>/<model>/<number>/`` (model.onnx,
+    model.py, labels.txt, reference_profile.json) and make its labels and profile the
+    model's; write the model's config.pbtxt when it has none.
+
+    The version folder is written beside its place and renamed into it, so Triton never
+    sees a half-written version. Installing the same files again changes nothing in the
+    folder; a folder of that number holding a different model raises ConfigError.
+    """
+    if number < 1:
+        raise ConfigError(f"version {number} of model {model}: Triton versions start at 1")
+    sources = {
+        ONNX_FILE: onnx,
+        MODEL_PY_FILE: model_py,
+        LABELS_FILE: labels,
+        REFERENCE_PROFILE_FILE: profile,
+    }
+    for source in sources.values():
+        if not source.is_file():
+            raise ConfigError(f"cannot install {model} version {number}: {source} is missing")
+    folder = repo / model
+    target = folder / str(number)
+    folder.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        installed = target / ONNX_FILE
+        if not installed.is_file() or _sha256(installed) != _sha256(onnx):
+            raise ConfigError(
+                f"{target} already holds a different model: Triton version {number} of "
+                f"{model} is taken; remove that folder or register under another model name"
+            )
+    else:
+        staging = folder / f".installing-{number}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            for name, source in sources.items():
+                _copy_synced(source, staging / name)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    _copy_synced(labels, folder / LABELS_FILE)
+    _copy_synced(profile, folder / REFERENCE_PROFILE_FILE)
+    if not (folder / CONFIG_FILE).is_file():
+        _write_synced(folder / CONFIG_FILE, model_config(model).encode())
+    return target
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    _write_synced(target, source.read_bytes())
+
+
+def _write_synced(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all (a temp file renamed over it), mode 0644."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.chmod(0o644)
+    os.replace(tmp, target)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -355,12 +355,17 @@ class Settings(BaseSettings):
 
     @property
     def labels_path(self) -> Path:
-        return modelrepo.labels_path(self.model_repo, self.model_name)
+        """The served version's labels (``model_version``, else the latest), else the
+        model's."""
+        served = modelrepo.served_version(self.model_repo, self.model_name, self.model_version)
+        return modelrepo.labels_path(self.model_repo, self.model_name, served)
 
     @property
     def reference_profile_path(self) -> Path:
+        """``drift_reference``, else the served version's profile, else the model's."""
+        served = modelrepo.served_version(self.model_repo, self.model_name, self.model_version)
         return self.drift_reference or modelrepo.reference_profile_path(
-            self.model_repo, self.model_name
+            self.model_repo, self.model_name, served
         )
 
     def model_version_dir(self) -> Path:

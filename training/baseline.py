@@ -26,7 +26,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,19 +126,36 @@ def build_profile(
     model_dir: Path, version: str, sources: list[Path], count: int
 ) -> dict[str, object]:
     onnx_path, labels, session = load_model(model_dir, version)
+    frames = (image for source in sources for image in sample_frames(source, count))
+    return profile_images(
+        onnx_path, labels, session, frames, model_dir.name, version, [s.name for s in sources]
+    )
 
+
+def profile_images(
+    onnx_path: Path,
+    labels: list[str],
+    session: ort.InferenceSession,
+    images: Iterable[Image],
+    name: str,
+    version: str,
+    sources: list[str],
+) -> dict[str, object]:
+    """The reference profile of BGR ``images`` sent the way a camera's frames are, as
+    classified by ``session`` (the model at ``onnx_path``); ``sources`` name where the
+    images came from (part of the id). training.train builds a new version's profile
+    with it from a sample of its training images."""
     top1: Counter[str] = Counter()
     confidence: list[float] = []
     stats: dict[str, list[float]] = {}
-    for source in sources:
-        for image in sample_frames(source, count):
-            rgb, image_stats = as_served(*as_produced(image))
-            best, score = classify(session, rgb)
-            top1[labels[best]] += 1
-            confidence.append(round(score, 6))
-            for name, value in image_stats.items():
-                if name != FINGERPRINT:  # an identity, not a distribution
-                    stats.setdefault(name, []).append(round(value, 6))
+    for image in images:
+        rgb, image_stats = as_served(*as_produced(image))
+        best, score = classify(session, rgb)
+        top1[labels[best]] += 1
+        confidence.append(round(score, 6))
+        for stat, value in image_stats.items():
+            if stat != FINGERPRINT:  # an identity, not a distribution
+                stats.setdefault(stat, []).append(round(value, 6))
     total = sum(top1.values())
     if total == 0:
         raise ConfigError("the calibration set yielded no frames")
@@ -147,13 +164,13 @@ def build_profile(
     digest.update(RECIPE.encode())  # another way to make statistics: another profile
     digest.update(",".join(sorted(stats)).encode())  # another statistic set: another profile
     for source in sources:
-        digest.update(source.name.encode())
+        digest.update(source.encode())
     return {
-        "id": f"{model_dir.name}-v{version}-{digest.hexdigest()[:12]}",
-        "model": {"name": model_dir.name, "version": version},
+        "id": f"{name}-v{version}-{digest.hexdigest()[:12]}",
+        "model": {"name": name, "version": version},
         "frames": total,
         "recipe": RECIPE,
-        "sources": [source.name for source in sources],
+        "sources": sources,
         "labels": {label: n / total for label, n in top1.most_common()},
         "confidence": confidence,
         "image_stats": stats,

@@ -136,12 +136,18 @@ def up_to_date(config: ExportConfig, weights_sha: str, torch_version: str) -> bo
     )
 
 
-def build_model(weights: Path) -> Any:  # a torch.nn.Module; torch is imported lazily
-    """EfficientNet-Lite0 (ReLU6, as trained) wrapped to take uint8 NHWC RGB images."""
-    import torch
+def load_backbone(weights: Path) -> Any:  # an EfficientNet (torch.nn.Module)
+    """The pretrained EfficientNet-Lite0 (ReLU6, as trained), in eval mode."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(ARCH, weights_path=str(weights))
+    return EfficientNet.from_pretrained(ARCH, weights_path=str(weights)).eval()
+
+
+def image_classifier(backbone: Any) -> Any:  # a torch.nn.Module; torch is imported lazily
+    """``backbone`` (image [N, 3, H, W] normalised -> logits) wrapped to take uint8 NHWC
+    RGB images and return softmax probabilities: the graph every caller sends to. A
+    trained camstream model is the same backbone with a new ``_fc`` (training.train)."""
+    import torch
 
     # torch lives in the model env only: to mypy (app env) the base class is Any.
     class ImageClassifier(torch.nn.Module):  # type: ignore[misc]
@@ -152,11 +158,21 @@ def build_model(weights: Path) -> Any:  # a torch.nn.Module; torch is imported l
             self.backbone = backbone
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
-            x = (image.to(torch.float32) - 127.0) / 128.0
-            x = x.permute(0, 3, 1, 2)
-            return torch.softmax(self.backbone(x), dim=1)
+            return torch.softmax(self.backbone(normalise(image)), dim=1)
 
-    return ImageClassifier(net).eval()
+    return ImageClassifier(backbone).eval()
+
+
+def normalise(image: Any) -> Any:
+    """uint8 NHWC RGB -> the network's float NCHW input, (x - 127) / 128 (in the graph)."""
+    import torch
+
+    return ((image.to(torch.float32) - 127.0) / 128.0).permute(0, 3, 1, 2)
+
+
+def build_model(weights: Path) -> Any:  # a torch.nn.Module; torch is imported lazily
+    """EfficientNet-Lite0 (ReLU6, as trained) wrapped to take uint8 NHWC RGB images."""
+    return image_classifier(load_backbone(weights))
 
 
 def check_images(count: int = 4) -> Any:
@@ -171,8 +187,12 @@ def check_images(count: int = 4) -> Any:
     return noise
 
 
-def export_onnx(model: Any, destination: Path) -> None:
-    """Write the ONNX graph to a temporary file beside ``destination``, then rename."""
+def export_onnx(
+    model: Any, destination: Path, output_names: tuple[str, ...] = (OUTPUT_NAME,)
+) -> None:
+    """Write the ONNX graph to a temporary file beside ``destination``, then rename.
+    ``model`` takes ``IMAGE`` uint8 [N, 224, 224, 3] and returns ``output_names`` (the
+    batch dimension of each is dynamic)."""
     import torch
 
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -191,9 +211,9 @@ def export_onnx(model: Any, destination: Path) -> None:
                 (example,),
                 str(tmp),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(output_names),
                 opset_version=OPSET,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names)},
                 dynamo=False,
                 external_data=False,
             )
@@ -206,8 +226,9 @@ def export_onnx(model: Any, destination: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def verify(model: Any, onnx_path: Path) -> float:
-    """Max |onnxruntime - torch| over the check batch; raises if too large or wrong shape."""
+def verify(model: Any, onnx_path: Path, num_classes: int = NUM_CLASSES) -> float:
+    """Max |onnxruntime - torch| over the check batch; raises if too large or wrong shape.
+    ``num_classes``: the width of PROBS (1000 for the pretrained model)."""
     import onnxruntime as ort
     import torch
 
@@ -217,10 +238,10 @@ def verify(model: Any, onnx_path: Path) -> float:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     for batch in (images[:1], images):  # batch 1 and batch N: the batch dim is dynamic
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        if got.shape != (len(batch), NUM_CLASSES) or got.dtype != np.float32:
+        if got.shape != (len(batch), num_classes) or got.dtype != np.float32:
             raise ExportError(
                 f"ONNX output has shape {got.shape} {got.dtype}, "
-                f"expected ({len(batch)}, {NUM_CLASSES}) float32"
+                f"expected ({len(batch)}, {num_classes}) float32"
             )
     diff = float(np.max(np.abs(got - expected)))
     if not np.allclose(got.sum(axis=1), 1.0, atol=1e-4):

@@ -8,15 +8,29 @@ module per subject:
 - run: ``worker``, ``produce``;
 - topics: ``tail``, ``schemas``;
 - cameras: ``cameras add|list|remove``;
-- models: ``export``, ``drift baseline``;
-- bench: ``bench pipeline|producer|drift``;
+- models: ``export``, ``drift baseline``, ``models list|show``, ``promote``;
+- datasets: ``datasets fetch|list|show``, ``label import|import-folder``;
+- collect: ``collect`` (frames from Kafka with point-in-time Feast features);
+- train: ``train``; evaluate: ``evaluate`` (both run in the model environment);
+- bench: ``bench pipeline|producer|drift|train``;
 - common: settings and logging, signals, output, and the error boundary: a ConfigError
   ends the command with its message and exit 2, any other CamstreamError with exit 1.
 """
 
 from __future__ import annotations
 
-from camstream.cli import bench, cameras, models, run, stack, topics
+from camstream.cli import (
+    bench,
+    cameras,
+    collect,
+    datasets,
+    evaluate,
+    models,
+    run,
+    stack,
+    topics,
+    train,
+)
 from camstream.cli.common import new_app
 
 app = new_app(
@@ -24,11 +38,21 @@ app = new_app(
     help="Real-time image classification for camera feeds: Kafka, Faust, Triton, Feast.",
     no_args_is_help=True,
 )
-for commands in (stack.app, run.app, topics.app, models.app):
+for commands in (
+    stack.app,
+    run.app,
+    topics.app,
+    models.app,
+    collect.app,
+    train.app,
+    evaluate.app,
+):
     app.add_typer(commands)
 app.add_typer(models.drift_app, name="drift")
 app.add_typer(bench.app, name="bench")
 app.add_typer(cameras.app, name="cameras")
+app.add_typer(datasets.datasets_app, name="datasets")
+app.add_typer(datasets.label_app, name="label")
 
 
 def main() -> None:

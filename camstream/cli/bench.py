@@ -1,4 +1,4 @@
-"""`camstream bench pipeline|producer|drift`: the options, and a table or --json of
+"""`camstream bench pipeline|producer|drift|train`: the options, and a table or --json of
 what the benchmarks package measures (the measuring itself lives there)."""
 
 from __future__ import annotations
@@ -66,4 +66,31 @@ def drift(
     from benchmarks.drift import run, table
 
     figures = run(settings(), windows, trials, darken, blur_sigma)
+    out(json.dumps(figures) if as_json else table(figures))
+
+
+@app.command("train")
+def train(
+    cold: Annotated[
+        bool,
+        typer.Option(
+            "--cold/--warm", help="Time the first training from an empty embedding cache."
+        ),
+    ] = True,
+    hflip: Annotated[
+        bool, typer.Option(help="Flip augmentation (doubles the train embeddings).")
+    ] = False,
+    fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of conv-head fine-tuning.")] = 3,
+    as_json: AsJson = False,
+) -> None:
+    """Training on the full Fashion-MNIST (60k train, 10k test): wall time per stage,
+    embedding throughput, and test macro-F1 of the majority class, logistic regression on
+    pixels, the head on frozen features and the fine-tuned model (goal: >= 0.90 with
+    the first training within 15 minutes)."""
+    from benchmarks.train import BenchTrainConfig, run, table
+
+    config = BenchTrainConfig(
+        cold=cold, augment=["hflip"] if hflip else [], fine_tune_epochs=fine_tune_epochs
+    )
+    figures = run(settings(), config)
     out(json.dumps(figures) if as_json else table(figures))

@@ -1,17 +1,36 @@
-"""The model and its drift reference: `camstream export` and `camstream drift baseline`.
-Both run in the model environment (training/), which the stack's set-up prepares."""
+"""Models: `camstream export` and `drift baseline` (the pretrained model and its drift
+reference, made in the model environment), the registry's `models list|show`, and the
+gated `promote` of a registered version to champion and into the Triton repository."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from camstream import modelrepo
 from camstream.cli.common import new_app, out, settings
+from camstream.settings import REPO_ROOT
+
+if TYPE_CHECKING:
+    from camstream.registry import Registry, Version
+    from camstream.settings import Settings
 
 app = new_app()
 drift_app = new_app(help="Drift reference profiles.", no_args_is_help=True)
+models_app = new_app(
+    help="The model registry: versions, aliases and their history.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON document.")]
+CHAMPION = "champion"
+EVALUATION = "evaluation"
+# The python-backend model that serves any IMAGE -> PROBS model.onnx.
+GENERIC_MODEL_PY = REPO_ROOT / "triton_repo" / "efficientnet_lite0" / "1" / modelrepo.MODEL_PY_FILE
 
 
 @app.command()
@@ -55,3 +74,306 @@ def drift_baseline(
         "build the drift reference profile",
     )
     out(str(config.reference_profile_path))
+
+
+@models_app.command("list")
+def list_models(as_json: AsJson = False) -> None:
+    """Every registered model: its versions, aliases and the champion's metrics."""
+    from camstream.registry import Registry
+
+    registry = Registry(settings().registry_path)
+    rows = [_model_summary(registry, model) for model in registry.models()]
+    if as_json:
+        out(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        out(f"no models in {registry.root}: `camstream train --dataset D --model M` makes one")
+    for row in rows:
+        aliases = ", ".join(f"{k}={v}" for k, v in sorted(row["aliases"].items())) or "none"
+        out(f"{row['model']}  ({len(row['versions'])} versions; aliases: {aliases})")
+        out(
+            f"  {'version':<9}{'digest':<18}{'created':<21}{'macro_f1':>9}{'accuracy':>10}  aliases"
+        )
+        for version in row["versions"]:
+            out(
+                f"  {version['number']:<9}{version['digest']:<18}"
+                f"{_when(version['created_ms']):<21}{_figure(version['macro_f1']):>9}"
+                f"{_figure(version['accuracy']):>10}  {', '.join(version['aliases'])}"
+            )
+
+
+@models_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="MODEL, MODEL:NUMBER, MODEL:ALIAS or MODEL:DIGEST.")],
+    as_json: AsJson = False,
+) -> None:
+    """One version, verified: card, metrics, files, digest, and the model's history."""
+    from camstream.registry import Registry
+
+    registry = Registry(settings().registry_path)
+    version = registry.resolve(ref)
+    detail = _version_detail(registry, version)
+    if as_json:
+        out(json.dumps(detail, indent=2))
+        return
+    aliases = ", ".join(detail["aliases"]) or "none"
+    out(f"{version.ref}  digest {version.digest}  aliases: {aliases}")
+    out(f"  path      {version.path}")
+    out(f"  created   {_when(version.created_ms)}  code {detail['code_version']}")
+    out(f"  dataset   {detail['dataset']} (manifest {detail['dataset_manifest_sha256'][:16]})")
+    for key, value in detail["card"].items():
+        if isinstance(value, str | int | float | bool):
+            out(f"  card      {key}: {value}")
+    report = detail["report"]
+    out(
+        f"  metrics   macro_f1 {_figure(report.get('macro_f1'))}  accuracy "
+        f"{_figure(report.get('accuracy'))}  ece {_figure(report.get('ece'))}  "
+        f"n {report.get('n', '-')} ({report.get('split', '-')})"
+    )
+    for name, base in (report.get("baselines") or {}).items():
+        if isinstance(base, dict):
+            out(f"  baseline  {name}: macro_f1 {_figure(base.get('macro_f1'))}")
+    for label, row in (report.get("per_class") or {}).items():
+        out(
+            f"  class     {label:<20} precision {_figure(row.get('precision'))}  recall "
+            f"{_figure(row.get('recall'))}  f1 {_figure(row.get('f1'))}  "
+            f"support {row.get('support', '-')}"
+        )
+    for rel, info in detail["files"].items():
+        out(f"  file      {rel:<40}{info['bytes']:>12} bytes  {info['sha256'][:16]}")
+    for entry in detail["history"]:
+        forced = " (forced)" if entry.get("forced") else ""
+        out(
+            f"  history   {_when(entry['time_ms'])}  {entry['alias']}: {entry['from']} -> "
+            f"{entry['to']}{forced}  {entry.get('reason', '')}"
+        )
+
+
+@app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to make the champion.")],
+    force: Annotated[
+        bool, typer.Option(help="Promote even if the gate refuses (needs --reason).")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Why; recorded in the history (required with --force).")
+    ] = None,
+    margin: Annotated[
+        float, typer.Option(help="How much the gate metric must beat champion and baselines.")
+    ] = 0.01,
+    alpha: Annotated[float, typer.Option(help="McNemar's significance level.")] = 0.05,
+) -> None:
+    """Make MODEL:VERSION the champion if it passes the gate (it beats the champion by the
+    margin with McNemar's test on the same test images, and the baselines), and install
+    it into the Triton repository as version VERSION with its labels and drift profile.
+    A refusal prints the reasons, exits 1, records the refusal in the history and
+    changes nothing else."""
+    from camstream import gate
+    from camstream.errors import CamstreamError
+    from camstream.registry import Registry
+
+    if force and not reason:
+        raise typer.BadParameter(
+            "--force needs --reason TEXT for the history", param_hint="--reason"
+        )
+    if ":" not in ref:
+        raise typer.BadParameter(f"name the version to promote: {ref}:NUMBER", param_hint="REF")
+    config = settings()
+    registry = Registry(config.registry_path)
+    candidate = registry.resolve(ref)
+    aliases = registry.aliases(candidate.model)
+    champion_number = aliases.get(CHAMPION)
+    if champion_number == candidate.number:
+        out(f"{candidate.ref} is already the champion; nothing changed")
+        return
+    cand_report = candidate.report()
+    cand_preds = gate.read_predictions(candidate.path / EVALUATION / "predictions.jsonl")
+    champ_report = champ_preds = None
+    gate_error = ""
+    if champion_number is not None:
+        try:
+            champion = registry.resolve(f"{candidate.model}:{champion_number}")  # verified
+            champ_report, champ_preds = _champion_evaluation(
+                registry, config, champion, cand_report
+            )
+        except CamstreamError as exc:
+            if not force:
+                raise
+            gate_error = str(exc)
+    if gate_error:
+        decision = gate.Decision(False, [f"no gate: {gate_error}"], {"gate_error": gate_error})
+    else:
+        decision = gate.decide(
+            cand_report, champ_report, cand_preds, champ_preds, margin=margin, alpha=alpha
+        )
+    against = f"the champion {candidate.model}:{champion_number}"
+    if champion_number is None:
+        against = "no champion"
+    if not decision.accepted and not force:
+        metrics = {**decision.metrics, "gate": "refused", "digest": candidate.digest}
+        registry.record_refusal(
+            candidate.model, CHAMPION, candidate.number, decision.reasons, metrics
+        )
+        out(f"refused: {candidate.ref} does not pass the gate against {against}:")
+        for line in decision.reasons:
+            out(f"  - {line}")
+        out(
+            "the champion and the Triton repository are unchanged; the refusal is in the "
+            "history (override with --force --reason TEXT)"
+        )
+        raise typer.Exit(1)
+
+    installed = modelrepo.install_version(
+        config.model_repo,
+        candidate.model,
+        candidate.number,
+        onnx=candidate.path / "model.onnx",
+        labels=candidate.path / "labels.txt",
+        profile=candidate.path / "reference_profile.json",
+        model_py=GENERIC_MODEL_PY,
+    )
+    metrics = {
+        **decision.metrics,
+        "gate": "accepted" if decision.accepted else "refused",
+        "gate_reasons": decision.reasons,
+        "digest": candidate.digest,
+    }
+    why = reason or f"passed the gate against {against}"
+    registry.set_alias(candidate.model, CHAMPION, candidate.number, why, metrics, forced=force)
+    if decision.accepted:
+        out(f"{candidate.ref} passed the gate against {against}")
+    else:
+        out(f"{candidate.ref} forced past the gate ({why}); the gate said:")
+        for line in decision.reasons:
+            out(f"  - {line}")
+    previous = f" (was {candidate.model}:{champion_number})" if champion_number else ""
+    history = registry.root / candidate.model / "history.jsonl"
+    out(f"champion of {candidate.model} is now {candidate.ref}{previous}; recorded in {history}")
+    out(f"installed as Triton model {candidate.model} version {candidate.number}: {installed}")
+    out(
+        f"serve it with CAMSTREAM_MODEL_NAME={candidate.model} "
+        f"CAMSTREAM_MODEL_VERSION={candidate.number}"
+    )
+
+
+def _champion_evaluation(
+    registry: Registry, config: Settings, champion: Version, cand_report: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The champion's report and predictions on the candidate's test images: its own
+    evaluation when made on the same dataset manifest, else a later one on the
+    candidate's dataset, else one made now (in the model environment)."""
+    from camstream import gate
+    from camstream.datasets import dataset_dir
+    from camstream.registry import RegistryError
+
+    wanted = cand_report.get("dataset_manifest_sha256")
+    split = str(cand_report.get("split") or "test")
+    own = champion.report()
+    if own.get("dataset_manifest_sha256") == wanted and own.get("split") == split:
+        return own, gate.read_predictions(champion.path / EVALUATION / "predictions.jsonl")
+    dataset = str(cand_report.get("dataset") or champion.manifest().get("dataset", ""))
+    if not dataset:
+        raise RegistryError(
+            f"the candidate's evaluation names no dataset to compare {champion.ref} on"
+        )
+    folder = registry.report_dir(champion, dataset, split)
+    report_file = folder / "report.json"
+    if not _report_on(report_file, wanted):
+        from camstream.stack.setup import run_in_model_env
+        from camstream.stack.triton import locate_model_env
+
+        out(f"evaluating the champion {champion.ref} on {dataset} ({split}) into {folder}")
+        run_in_model_env(
+            locate_model_env(),
+            [
+                "training.evaluate",
+                "--onnx",
+                str(champion.path / "model.onnx"),
+                "--labels",
+                str(champion.path / "labels.txt"),
+                "--dataset-dir",
+                str(dataset_dir(config.datasets_path, dataset)),
+                "--split",
+                split,
+                "--out",
+                str(folder),
+                "--ref",
+                champion.ref,
+            ],
+            "evaluate the champion",
+            capture=False,
+        )
+    report = json.loads(report_file.read_text())
+    return report, gate.read_predictions(folder / "predictions.jsonl")
+
+
+def _report_on(path: Path, manifest_sha256: Any) -> bool:
+    """Whether ``path`` is an evaluation report made on that dataset manifest."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("dataset_manifest_sha256") == manifest_sha256
+
+
+def _model_summary(registry: Registry, model: str) -> dict[str, Any]:
+    aliases = registry.aliases(model)
+    versions = []
+    champion = None
+    for version in registry.versions(model):
+        report = _report_or_empty(version)
+        row = {
+            "number": version.number,
+            "ref": version.ref,
+            "digest": version.digest,
+            "created_ms": version.created_ms,
+            "aliases": sorted(a for a, n in aliases.items() if n == version.number),
+            "macro_f1": report.get("macro_f1"),
+            "accuracy": report.get("accuracy"),
+        }
+        versions.append(row)
+        if aliases.get(CHAMPION) == version.number:
+            champion = {k: row[k] for k in ("number", "ref", "macro_f1", "accuracy")}
+    return {"model": model, "aliases": aliases, "champion": champion, "versions": versions}
+
+
+def _version_detail(registry: Registry, version: Version) -> dict[str, Any]:
+    manifest = version.manifest()
+    files = {
+        rel: {"sha256": sha, "bytes": (version.path / rel).stat().st_size}
+        for rel, sha in sorted(manifest["files"].items())
+    }
+    aliases = registry.aliases(version.model)
+    return {
+        "model": version.model,
+        "number": version.number,
+        "ref": version.ref,
+        "digest": version.digest,
+        "path": str(version.path),
+        "created_ms": version.created_ms,
+        "aliases": sorted(a for a, n in aliases.items() if n == version.number),
+        "dataset": manifest.get("dataset", ""),
+        "dataset_manifest_sha256": manifest.get("dataset_manifest_sha256", ""),
+        "code_version": manifest.get("code_version", ""),
+        "card": version.card(),
+        "report": version.report(),
+        "files": files,
+        "history": registry.history(version.model),
+    }
+
+
+def _report_or_empty(version: Version) -> dict[str, Any]:
+    from camstream.registry import RegistryError
+
+    try:
+        return version.report()
+    except RegistryError:
+        return {}
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def _when(time_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time_ms / 1000))

@@ -42,7 +42,7 @@ def up(
     config = settings()
     stop = stop_event()
     prepared = prepare(config)
-    cameras = sample_cameras(prepared.assets) if producers else []
+    cameras = sample_cameras(prepared.assets, prepared.conveyor) if producers else []
     stack = LocalStack(config, cameras, supervise=True)
     try:
         info = stack.start()

@@ -217,6 +217,12 @@ def _apt_download(package: str, into: Path) -> Path:
     )
 
 
+def apt_download(package: str, into: Path) -> Path:
+    """Download Debian ``package``'s .deb into ``into`` (no install, no root needed unless
+    apt's lists must be refreshed); AssetError names the step and the fix."""
+    return _apt_download(package, into)
+
+
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     if shutil.which(argv[0]) is None:
         raise AssetError(f"step '{' '.join(argv)}': {argv[0]} not found; a Debian system is needed")

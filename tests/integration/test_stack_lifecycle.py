@@ -1,4 +1,4 @@
-"""`camstream up` as an operator runs it: predictions from both sample cameras appear,
+"""`camstream up` as an operator runs it: predictions from every sample camera appear,
 `camstream status` reports the endpoints, a worker that dies is started again, and
 SIGTERM leaves no process, port, state file or shared memory behind."""
 
@@ -34,7 +34,7 @@ def _lines(stream: object, out: queue.Queue[str]) -> None:
         out.put(line)
 
 
-def test_up_shows_both_sample_cameras_and_sigterm_stops_everything(tmp_path: Path) -> None:
+def test_up_shows_every_sample_camera_and_sigterm_stops_everything(tmp_path: Path) -> None:
     # Given `camstream up` running with its own state dir
     state = tmp_path / "state"
     env = {**os.environ, "CAMSTREAM_STATE_DIR": str(state)}
@@ -48,10 +48,11 @@ def test_up_shows_both_sample_cameras_and_sigterm_stops_everything(tmp_path: Pat
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(up.stdout, lines), daemon=True).start()
     try:
-        # When predictions flow, then both sample cameras show up in its output
+        # When predictions flow, then every sample camera shows up in its output
+        cameras = {"cam-street", "cam-bikes", "cam-conveyor"}
         seen: set[str] = set()
         deadline = time.monotonic() + 240
-        while seen != {"cam-street", "cam-bikes"} and time.monotonic() < deadline:
+        while seen != cameras and time.monotonic() < deadline:
             try:
                 line = lines.get(timeout=1)
             except queue.Empty:
@@ -59,7 +60,7 @@ def test_up_shows_both_sample_cameras_and_sigterm_stops_everything(tmp_path: Pat
                 continue
             if "seq=" in line:
                 seen.add(line.split()[0])
-        assert seen == {"cam-street", "cam-bikes"}
+        assert seen == cameras
 
         # and `camstream status` reports the stack's endpoints
         status = subprocess.run(

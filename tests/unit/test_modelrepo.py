@@ -119,3 +119,138 @@ def test_modelrepo_imports_in_the_model_environment_without_app_dependencies() -
     # Then it works and pulls in none of the application's dependencies
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _sources(tmp_path: Path, tag: str) -> dict[str, Path]:
+    """A version's files as promote passes them (any bytes for the model)."""
+    folder = tmp_path / f"src-{tag}"
+    folder.mkdir()
+    files = {
+        "onnx": (folder / "model.onnx", f"onnx-{tag}"),
+        "labels": (folder / "labels.txt", f"shirt-{tag}\nshoe\n"),
+        "profile": (folder / "reference_profile.json", f'{{"tag": "{tag}"}}'),
+        "model_py": (folder / "model.py", "# model\n"),
+    }
+    for path, text in files.values():
+        path.write_text(text)
+        path.chmod(0o444)  # registry files are read-only; installed copies must not be
+    return {name: path for name, (path, _) in files.items()}
+
+
+def test_install_version_writes_a_whole_version_and_makes_its_labels_the_models(
+    tmp_path: Path,
+) -> None:
+    # Given an empty repository and a version's files
+    repo = tmp_path / "repo"
+    # When version 3 of a new model is installed
+    target = modelrepo.install_version(repo, "fashion", 3, **_sources(tmp_path, "a"))
+    # Then its folder holds the four files, and nothing half-written is left beside it
+    assert target == repo / "fashion" / "3"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "labels.txt",
+        "model.onnx",
+        "model.py",
+        "reference_profile.json",
+    ]
+    assert sorted(p.name for p in (repo / "fashion").iterdir()) == [
+        "3",
+        "config.pbtxt",
+        "labels.txt",
+        "reference_profile.json",
+    ]
+    assert (target / "model.onnx").read_text() == "onnx-a"
+    assert (target / "model.onnx").stat().st_mode & 0o200  # writable copy, not 0444
+    assert modelrepo.model_versions(repo / "fashion") == (3,)
+    # And the model-level labels and profile are this version's
+    assert modelrepo.read_labels(modelrepo.labels_path(repo, "fashion")) == ["shirt-a", "shoe"]
+    assert modelrepo.reference_profile_path(repo, "fashion").read_text() == '{"tag": "a"}'
+
+
+def test_install_version_writes_a_config_triton_serves_with_camstreams_tensors(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    modelrepo.install_version(repo, "fashion", 1, **_sources(tmp_path, "a"))
+    config = (repo / "fashion" / modelrepo.CONFIG_FILE).read_text()
+    inputs = re.findall(r'input\s*\[\s*\{\s*name:\s*"(\w+)"', config)
+    outputs = re.findall(r'output\s*\[\s*\{\s*name:\s*"(\w+)"', config)
+    assert (inputs, outputs) == ([modelrepo.IMAGE], [modelrepo.PROBS])
+    assert 'name: "fashion"' in config and 'backend: "python"' in config
+    assert "max_batch_size: 32" in config and "TYPE_UINT8" in config
+    assert "dims: [ -1 ]" in config and 'label_filename: "labels.txt"' in config
+    assert 'key: "ORT_INTRA_OP_THREADS"' in config and "model_warmup" in config
+    # the generic model.py reads these: same keys as the efficientnet_lite0 config
+    served = (REPO_ROOT / "triton_repo" / "efficientnet_lite0" / "config.pbtxt").read_text()
+    for key in ("dynamic_batching", "instance_group", "KIND_CPU", "zero_data: true"):
+        assert key in config and key in served
+
+
+def test_a_second_version_keeps_the_config_and_takes_over_the_labels(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    modelrepo.install_version(repo, "fashion", 1, **_sources(tmp_path, "a"))
+    (repo / "fashion" / modelrepo.CONFIG_FILE).write_text('name: "fashion"\n# tuned\n')
+    modelrepo.install_version(repo, "fashion", 2, **_sources(tmp_path, "b"))
+    assert (repo / "fashion" / modelrepo.CONFIG_FILE).read_text().endswith("# tuned\n")
+    assert modelrepo.model_versions(repo / "fashion") == (1, 2)
+    assert modelrepo.read_labels(modelrepo.labels_path(repo, "fashion"))[0] == "shirt-b"
+    # each version keeps its own labels and profile, which win when asked for by version
+    assert modelrepo.labels_path(repo, "fashion", 1) == repo / "fashion" / "1" / "labels.txt"
+    assert modelrepo.read_labels(modelrepo.labels_path(repo, "fashion", "1"))[0] == "shirt-a"
+    assert modelrepo.reference_profile_path(repo, "fashion", 2) == (
+        repo / "fashion" / "2" / "reference_profile.json"
+    )
+
+
+def test_installing_the_same_version_again_is_a_no_op_and_a_different_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    sources = _sources(tmp_path, "a")
+    first = modelrepo.install_version(repo, "fashion", 1, **sources)
+    assert modelrepo.install_version(repo, "fashion", 1, **sources) == first
+    with pytest.raises(ConfigError, match=r"fashion/1 already holds a different model"):
+        modelrepo.install_version(repo, "fashion", 1, **_sources(tmp_path, "b"))
+    assert (first / "model.onnx").read_text() == "onnx-a"
+    assert [p.name for p in (repo / "fashion").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_missing_source_file_installs_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    sources = _sources(tmp_path, "a")
+    sources["profile"] = tmp_path / "absent.json"
+    with pytest.raises(ConfigError, match=r"absent.json is missing"):
+        modelrepo.install_version(repo, "fashion", 1, **sources)
+    assert modelrepo.model_versions(repo / "fashion") == ()
+
+
+def test_labels_and_profile_fall_back_to_the_models_when_a_version_has_none(
+    tmp_path: Path,
+) -> None:
+    repo = _repo(tmp_path)
+    assert modelrepo.labels_path(repo, "classifier", 2) == repo / "classifier" / "labels.txt"
+    assert modelrepo.labels_path(repo, "classifier", "") == repo / "classifier" / "labels.txt"
+    assert modelrepo.served_version(repo, "classifier") == 10
+    assert modelrepo.served_version(repo, "detector") is None
+
+
+def test_settings_use_the_served_versions_own_labels_and_profile(tmp_path: Path) -> None:
+    # Given a model with versions 1 and 2, each installed with its own labels and profile
+    repo = tmp_path / "repo"
+    modelrepo.install_version(repo, "fashion", 1, **_sources(tmp_path, "a"))
+    modelrepo.install_version(repo, "fashion", 2, **_sources(tmp_path, "b"))
+    latest = Settings(model_repo=repo, model_name="fashion")
+    pinned = Settings(model_repo=repo, model_name="fashion", model_version="1")
+    # Then the served version's files are used: the latest, or the pinned one
+    assert latest.labels_path == repo / "fashion" / "2" / "labels.txt"
+    assert pinned.labels_path == repo / "fashion" / "1" / "labels.txt"
+    assert pinned.reference_profile_path == repo / "fashion" / "1" / "reference_profile.json"
+    # And an explicit drift reference still wins; a model with no version uses its own
+    chosen = tmp_path / "profile.json"
+    assert (
+        Settings(
+            model_repo=repo, model_name="fashion", drift_reference=chosen
+        ).reference_profile_path
+        == chosen
+    )
+    empty = Settings(model_repo=repo, model_name="absent")
+    assert empty.labels_path == repo / "absent" / "labels.txt"
