@@ -15,6 +15,7 @@ links) into the evaluation folder. Model env (onnxruntime through the Classifier
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +32,9 @@ PAGE_FILE = "explain.html"
 IMAGES_DIR = "explain"
 GRID = 7  # 7x7 squares of 32 px over the 224 input
 FILL = 127  # the grey the squares are painted with: the model's zero after (x - 127) / 128
-# Below this largest drop in probability no area mattered; the page says so instead of
+# Below this largest drop in log-odds (nats) no area mattered; the page says so instead of
 # stretching noise to full red.
-MIN_DROP = 0.02
+MIN_DROP = 0.1
 
 Heat = npt.NDArray[np.float32]
 
@@ -73,26 +74,36 @@ def choose_examples(
 
 
 def occlusion_batch(image: Image, grid: int = GRID, fill: int = FILL) -> Image:
-    """``grid*grid`` copies of a model input, each with one square painted grey."""
+    """``grid*grid`` copies of a model input, each with one window painted grey: windows
+    twice a cell wide, centred on each cell of the grid, so they overlap and a part of
+    the object the size of a sleeve or a sole can be hidden whole."""
     side = image.shape[0]
-    edges = np.linspace(0, side, grid + 1).round().astype(int)
+    cell = side / grid
     batch = np.repeat(image[None], grid * grid, axis=0)
     for r in range(grid):
         for c in range(grid):
-            batch[r * grid + c, edges[r] : edges[r + 1], edges[c] : edges[c + 1]] = fill
+            top, left = round((r - 0.5) * cell), round((c - 0.5) * cell)
+            bottom, right = round((r + 1.5) * cell), round((c + 1.5) * cell)
+            batch[r * grid + c, max(top, 0) : bottom, max(left, 0) : right] = fill
     return batch
 
 
 def occlusion_map(
     classifier: Classifier, image: Image, class_index: int, grid: int = GRID
 ) -> tuple[Heat, float]:
-    """Drop in the probability of ``class_index`` when each square is hidden
-    ([grid, grid], negative where hiding it made the model surer), and that
-    probability unoccluded."""
+    """How much hiding each window lowers the model's log-odds for ``class_index``
+    ([grid, grid], negative where hiding it made the model surer), and that class's
+    probability unoccluded. Log-odds (log p - log of the other classes' sum, both from
+    the probabilities themselves), because a confident model's probability does not
+    move at all in float32 (1.0 stays 1.0) where its evidence is, while the other
+    classes' share moves by orders of magnitude."""
     probs = classifier.predict(np.concatenate([image[None], occlusion_batch(image, grid)]))
-    base = float(probs[0, class_index])
-    drop = (base - probs[1:, class_index]).reshape(grid, grid).astype(np.float32)
-    return drop, base
+    probs = probs.astype(np.float64)
+    chosen = probs[:, class_index]
+    others = probs.sum(axis=1) - chosen
+    log_odds = np.log(np.clip(chosen, 1e-30, None)) - np.log(np.clip(others, 1e-30, None))
+    drop = (log_odds[0] - log_odds[1:]).reshape(grid, grid).astype(np.float32)
+    return drop, float(chosen[0])
 
 
 def overlay(image: Image, drop: Heat) -> Image:
@@ -135,7 +146,7 @@ def _figure(example: Example, src: str, path: str, peak: float) -> str:
     verdict = "right" if example.right else "wrong"
     said = f"the model said <b>{html.escape(example.pred)}</b>, {example.score:.0%} sure"
     look = (
-        f"hiding the red area lowers its certainty by up to {100 * peak:.0f} points"
+        f"hiding the red area lowers its confidence the most (its odds fall {math.exp(peak):.3g}x)"
         if peak >= MIN_DROP
         else "no single area changed its answer much"
     )

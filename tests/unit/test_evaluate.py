@@ -114,13 +114,15 @@ def test_choose_examples_takes_the_surest_right_and_wrong_per_class() -> None:
     assert [e.index for e in chosen["b"][0]] == [4] and [e.index for e in chosen["b"][1]] == [5]
 
 
-def test_occlusion_batch_greys_one_square_each() -> None:
+def test_occlusion_batch_greys_one_window_two_cells_wide_around_each_cell() -> None:
     image = np.full((224, 224, 3), 200, dtype=np.uint8)
     batch = explain.occlusion_batch(image, grid=7)
     assert batch.shape == (49, 224, 224, 3)
     grey = (batch == explain.FILL).all(axis=3)
-    assert (grey.sum(axis=(1, 2)) == 32 * 32).all()
-    assert grey[0, :32, :32].all() and grey[48, 192:, 192:].all()
+    # An inner window is 64 x 64 px centred on its 32 px cell; a corner one is clipped.
+    assert grey[24].sum() == 64 * 64 and grey[24, 80:144, 80:144].all()
+    assert grey[0].sum() == 48 * 48 and grey[0, :48, :48].all()
+    assert grey[48, 176:, 176:].all() and not grey[48, :176].any()
 
 
 def test_overlay_leaves_the_image_alone_when_nothing_mattered() -> None:
@@ -132,3 +134,21 @@ def test_overlay_leaves_the_image_alone_when_nothing_mattered() -> None:
     painted = explain.overlay(image, peak)
     assert not np.array_equal(painted[112, 112], image[112, 112])
     assert np.array_equal(painted[0, 0], image[0, 0])  # far from the peak: untouched
+
+
+def test_occlusion_map_finds_the_evidence_of_a_saturated_model() -> None:
+    # Given a model whose top probability is 1.0 in float32 with or without occlusion,
+    # but whose other classes' share rises a thousandfold when window 2 is hidden
+    class Saturated:
+        def predict(self, batch: np.ndarray) -> np.ndarray:
+            probs = np.tile(np.array([1.0, 1e-9, 1e-9], np.float32), (len(batch), 1))
+            probs[1 + 2, 1:] = 1e-6
+            return probs
+
+    image = np.full((224, 224, 3), 90, dtype=np.uint8)
+    drop, base = explain.occlusion_map(Saturated(), image, 0, grid=2)  # type: ignore[arg-type]
+    # Then that window is where the heat is, about log(1000) nats of log-odds
+    assert base == 1.0
+    assert drop.shape == (2, 2) and int(drop.argmax()) == 2
+    assert abs(float(drop[1, 0]) - np.log(1000.0)) < 0.01
+    assert float(drop[0, 0]) == 0.0
