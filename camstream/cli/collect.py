@@ -4,14 +4,13 @@ each with the camera's Feast features as of its capture time (camstream.collect)
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from camstream.cli.common import new_app, out, settings, stop_event
+from camstream.cli.common import new_app, out, progress_bar, settings, stop_event
 
 if TYPE_CHECKING:
     from camstream.collect import CollectResult, Progress
@@ -30,20 +29,12 @@ _STOPPED = {
 @contextmanager
 def _progress(live: bool) -> Iterator[Progress | None]:
     """A bar on a terminal (records scanned of those to scan, or a count when live)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import TextColumn
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[kept]} kept"),
-        console=Console(stderr=True),  # stdout is the summary's
-        transient=True,
-    ) as bar:
+    with progress_bar(TextColumn("{task.fields[kept]} kept")) as bar:
+        if bar is None:
+            yield None
+            return
         task = bar.add_task("collect: live" if live else "collect: reading", total=None, kept=0)
 
         def update(scanned: int, total: int | None, kept: int) -> None:

@@ -6,13 +6,18 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperGroup
 
 from camstream.errors import CamstreamError, ConfigError
 from camstream.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn
 
 # Exit codes: a setting, file or flag to fix; anything else camstream reports.
 EXIT_CONFIG = 2
@@ -66,3 +71,25 @@ def out(text: str) -> None:
     """One line of the command's own output (stdout; logs go to stderr)."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def progress_bar(*columns: ProgressColumn) -> Iterator[Progress | None]:
+    """A rich progress bar (description, bar, done/total, then ``columns``) on stderr,
+    so stdout stays the command's output; None where stderr is not a terminal (logs,
+    pipes, tests), and the command draws nothing."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        *columns,
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        yield bar

@@ -5,7 +5,6 @@ camstream.labels; pseudo-labelling runs in the model environment (training.pseud
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from camstream.cli.common import new_app, out, settings
+from camstream.cli.common import new_app, out, progress_bar, settings
 from camstream.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,18 +46,12 @@ def _open(name: str, create_as: str = "") -> Dataset:
 @contextmanager
 def _progress(title: str) -> Iterator[Any]:
     """A callback (stage, done, total) that draws a bar on a terminal, else nothing."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import TimeRemainingColumn
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
+    with progress_bar(TimeRemainingColumn()) as bar:
+        if bar is None:
+            yield None
+            return
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:
