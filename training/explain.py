@@ -142,11 +142,21 @@ figcaption{font-size:.95em;margin-top:4px} .muted{color:#666}
 """
 
 
+def _rounded(factor: float) -> str:
+    """A factor for people: two significant digits, thousands separated (1.3, 42,
+    850,000)."""
+    if factor < 10:
+        return f"{factor:.1f}"
+    digits = math.floor(math.log10(factor)) - 1
+    return f"{round(factor, -digits):,.0f}"
+
+
 def _figure(example: Example, src: str, path: str, peak: float) -> str:
     verdict = "right" if example.right else "wrong"
     said = f"the model said <b>{html.escape(example.pred)}</b>, {example.score:.0%} sure"
     look = (
-        f"hiding the red area lowers its confidence the most (its odds fall {math.exp(peak):.3g}x)"
+        f"hiding the red area lowers its confidence the most (its odds fall about "
+        f"{_rounded(math.exp(peak))}-fold)"
         if peak >= MIN_DROP
         else "no single area changed its answer much"
     )
