@@ -29,7 +29,7 @@ from camstream.imaging import encode_jpeg
 from camstream.records import FrameHeaders
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.assets import SampleAssets
-from camstream.stack.local import StackInfo
+from camstream.stack.local import LocalStack, StackInfo
 
 # The session stack's drift window (frames): small, so the tests see windows close.
 DRIFT_WINDOW = 10
@@ -40,6 +40,7 @@ class Stack:
     info: StackInfo
     settings: Settings
     assets: SampleAssets
+    local: LocalStack | None = None  # the processes, where this test session started them
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.info.kafka_bootstrap, "acks": "all"})
