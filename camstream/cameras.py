@@ -105,6 +105,30 @@ class CameraSpec(BaseModel):
     indoor: bool = False
     confidence_threshold: float = Field(default=0.2, ge=0, le=1)
 
+    # Routing, served by Feast to the worker and changed at run time by `camstream
+    # promote`, `rollback` and `shadow`.
+    model: str = Field(default="", description="The model that answers; '' = the default.")
+    model_version: str = Field(
+        default="", description="Its version; '' = the model's default (serving.json)."
+    )
+    shadow_model: str = Field(default="", description="'NAME:VERSION' classifying in shadow.")
+    shadow_fraction: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("model_version")
+    @classmethod
+    def _version_is_a_number(cls, value: str) -> str:
+        if value and not (value.isascii() and value.isdigit() and not value.startswith("0")):
+            raise ValueError("model_version is a positive integer, or empty for the default")
+        return value
+
+    @field_validator("shadow_model")
+    @classmethod
+    def _shadow_names_a_version(cls, value: str) -> str:
+        name, _, version = value.partition(":")
+        if value and not (name and version.isascii() and version.isdigit()):
+            raise ValueError("shadow_model is 'NAME:VERSION' (e.g. fashion:2), or empty")
+        return value
+
     @field_validator("id")
     @classmethod
     def _id_is_plain(cls, value: str) -> str:

@@ -58,6 +58,7 @@ class DlqKind(StrEnum):
     UNDECODABLE = "undecodable"
     DECODE_ERROR = "decode_error"
     ENCODE_FAILED = "encode_failed"
+    NO_MODEL = "no_model"  # the camera routes to a model version that cannot serve it
 
 
 class FrameRejected(CamstreamError, ValueError):

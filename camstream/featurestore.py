@@ -8,10 +8,12 @@ and data files never land in the source tree.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import io
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,13 @@ log = structlog.get_logger(__name__)
 SOURCE_REPO = REPO_ROOT / "features"
 META_VIEW = "camera_meta_fv"
 ENRICHMENT_SERVICE = "camera_enrichment_v1"
-META_COLUMNS = ("site", "zone", "indoor", "confidence_threshold")
+ROUTING_COLUMNS = ("model", "model_version", "shadow_model", "shadow_fraction")
+META_COLUMNS = ("site", "zone", "indoor", "confidence_threshold", *ROUTING_COLUMNS)
+FLOAT32_COLUMNS = ("confidence_threshold", "shadow_fraction")
+# What a row written before a column existed holds for it.
+COLUMN_DEFAULTS: dict[str, Any] = {
+    name: CameraSpec.model_fields[name].default for name in META_COLUMNS
+}
 META_FILE = Path("data") / "camera_meta.parquet"
 
 
@@ -89,8 +97,7 @@ def apply_repo(repo: Path) -> FeatureStore:
 
 def upsert_cameras(store: FeatureStore, cameras: list[CameraSpec]) -> None:
     """Record cameras' metadata in the offline source and materialize it online."""
-    repo = Path(store.repo_path)
-    path = repo / META_FILE
+    path = Path(store.repo_path) / META_FILE
     now = pd.Timestamp(datetime.now(UTC))
     rows = pd.DataFrame(
         [
@@ -103,16 +110,91 @@ def upsert_cameras(store: FeatureStore, cameras: list[CameraSpec]) -> None:
             for c in cameras
         ]
     )
-    rows["confidence_threshold"] = rows["confidence_threshold"].astype("float32")
-    if path.exists():
-        previous = pd.read_parquet(path)
-        previous = previous[~previous["camera_id"].isin(rows["camera_id"])]
-        rows = pd.concat([previous, rows], ignore_index=True)
+    with _meta_lock(path):
+        previous = _read_meta(path)
+        if previous is not None:
+            previous = previous[~previous["camera_id"].isin(rows["camera_id"])]
+            rows = pd.concat([previous, rows], ignore_index=True)
+        _write_meta(path, rows)
+        materialize_all(store)
+    log.info("feast.cameras_upserted", cameras=[c.id for c in cameras])
+
+
+def update_cameras(store: FeatureStore, updates: dict[str, dict[str, Any]]) -> None:
+    """Change some metadata of registered cameras (only the columns given; the rest
+    stays) and materialize it online: how promote, rollback and shadow route cameras.
+    Raises ConfigError naming any camera that is not registered, changing nothing."""
+    path = Path(store.repo_path) / META_FILE
+    with _meta_lock(path):
+        _update(store, path, updates)
+    log.info("feast.cameras_updated", updates=updates)
+
+
+def _update(store: FeatureStore, path: Path, updates: dict[str, dict[str, Any]]) -> None:
+    rows = _read_meta(path)
+    known = set() if rows is None else set(rows["camera_id"])
+    unknown = sorted(set(updates) - known)
+    if unknown:
+        raise ConfigError(
+            f"cameras {unknown} are not registered in {store.repo_path}: "
+            "`camstream cameras add ID` first, or check the ids (`camstream cameras list`)"
+        )
+    assert rows is not None
+    columns = {column for change in updates.values() for column in change}
+    if columns - set(META_COLUMNS):
+        raise ConfigError(f"unknown camera metadata {sorted(columns - set(META_COLUMNS))}")
+    latest = _latest(rows).set_index("camera_id")
+    now = pd.Timestamp(datetime.now(UTC))
+    added = []
+    for camera_id, change in updates.items():
+        current = {c: _plain(latest.loc[camera_id, c]) for c in META_COLUMNS}
+        # Validated as a whole camera, so a bad value is refused with its reason.
+        CameraSpec.model_validate({"id": camera_id, "source": "synthetic", **current, **change})
+        added.append(
+            {"camera_id": camera_id, **current, **change, "event_timestamp": now, "created": now}
+        )
+    # A new row, not an edit: point-in-time reads (collect) of earlier frames still see
+    # the metadata as it was then.
+    _write_meta(path, pd.concat([rows, pd.DataFrame(added)], ignore_index=True))
+    materialize_all(store)
+
+
+def _latest(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each camera's newest row."""
+    ordered = rows.sort_values(["event_timestamp", "created"], kind="stable")
+    return ordered.drop_duplicates("camera_id", keep="last")
+
+
+@contextlib.contextmanager
+def _meta_lock(path: Path) -> Iterator[None]:
+    """One writer of the camera rows at a time (cameras add, promote, shadow...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / ".camera_meta.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_meta(path: Path) -> pd.DataFrame | None:
+    """The offline camera rows, with any column added since they were written filled
+    with its default; None when no camera was ever registered."""
+    if not path.exists():
+        return None
+    rows = pd.read_parquet(path)
+    for column in META_COLUMNS:
+        if column not in rows:
+            rows[column] = COLUMN_DEFAULTS[column]
+    return rows
+
+
+def _write_meta(path: Path, rows: pd.DataFrame) -> None:
+    for column in FLOAT32_COLUMNS:
+        rows[column] = rows[column].astype("float32")
     tmp = path.with_suffix(".tmp")
     rows.to_parquet(tmp, index=False)
     tmp.replace(path)
-    materialize_all(store)
-    log.info("feast.cameras_upserted", cameras=[c.id for c in cameras])
 
 
 def materialize_all(store: FeatureStore) -> None:
@@ -147,10 +229,10 @@ def camera_features(store: FeatureStore, camera_ids: list[str]) -> dict[str, dic
 
 def registered_cameras(repo: Path) -> list[dict[str, Any]]:
     """The registered cameras' metadata from the offline source, sorted by id."""
-    path = repo / META_FILE
-    if not path.exists():
+    rows = _read_meta(repo / META_FILE)
+    if rows is None:
         return []
-    rows = pd.read_parquet(path).sort_values("camera_id")
+    rows = _latest(rows).sort_values("camera_id")
     return [
         {"camera_id": row["camera_id"], **{c: _plain(row[c]) for c in META_COLUMNS}}
         for _, row in rows.iterrows()
@@ -168,17 +250,15 @@ def remove_cameras(store: FeatureStore, camera_ids: list[str]) -> list[str]:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-    repo = Path(store.repo_path)
-    path = repo / META_FILE
-    if not path.exists():
-        return []
-    rows = pd.read_parquet(path)
-    known = sorted(set(rows["camera_id"]) & set(camera_ids))
-    if not known:
-        return []
-    tmp = path.with_suffix(".tmp")
-    rows[~rows["camera_id"].isin(known)].to_parquet(tmp, index=False)
-    tmp.replace(path)
+    path = Path(store.repo_path) / META_FILE
+    with _meta_lock(path):
+        rows = _read_meta(path)
+        if rows is None:
+            return []
+        known = sorted(set(rows["camera_id"]) & set(camera_ids))
+        if not known:
+            return []
+        _write_meta(path, rows[~rows["camera_id"].isin(known)].copy())
     # Feast has no delete; an online row whose every feature is null reads as unknown.
     view = store.get_feature_view(META_VIEW)
     now = datetime.now(UTC)

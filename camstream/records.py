@@ -315,7 +315,7 @@ class StatisticTest(_Record):
         )
 
 
-DRIFT_SCHEMA: Final = "drift/3"
+DRIFT_SCHEMA: Final = "drift/4"
 
 
 class DriftRecord(_Record):
@@ -324,12 +324,15 @@ class DriftRecord(_Record):
     ``kind`` is ``window`` for a closed window of frames, ``silence`` when a camera sent
     nothing for longer than the configured time (frame_count 0).
 
+    drift/4 (from drift/3): ``model`` is the version that classified the window's frames
+    (cameras may run different models and versions), and ``recalibrated_from`` names
+    the version a camera was calibrated under before a promotion or rollback moved it.
     drift/3 (from drift/2): every field is required in the schema; each statistic names
     its comparison and p-value limit, so its ``drifted`` can be recomputed; a KS
     threshold is null (not 0.0) where the p-value alone decides.
     """
 
-    schema_: Literal["drift/3"] = Field(default=DRIFT_SCHEMA, alias="schema")
+    schema_: Literal["drift/4"] = Field(default=DRIFT_SCHEMA, alias="schema")
     kind: Literal["window", "silence"] = "window"
     camera_id: str
     window_start_ms: int
@@ -345,6 +348,12 @@ class DriftRecord(_Record):
     )
     baseline_id: str | None = Field(
         default=None, description="The camera baseline compared with; null while calibrating."
+    )
+    recalibrated_from: ModelRef | None = Field(
+        default=None,
+        description="Set on the first record after the camera moved to another model version "
+        "(a promotion or rollback): the version it was calibrated under until then. Its "
+        "calibration starts again under ``model``'s reference profile.",
     )
     statistics: list[StatisticTest]
     drift: bool = Field(

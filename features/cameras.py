@@ -33,10 +33,18 @@ camera_meta_fv = FeatureView(
         Field(name="zone", dtype=String),
         Field(name="indoor", dtype=Bool),
         Field(name="confidence_threshold", dtype=Float32),
+        # Routing: which model answers for the camera ("" = the worker's default model),
+        # which version ("" = the model's default, <model_repo>/<model>/serving.json),
+        # and a shadow candidate ("NAME:VERSION" or "") on a fraction of its frames.
+        Field(name="model", dtype=String),
+        Field(name="model_version", dtype=String),
+        Field(name="shadow_model", dtype=String),
+        Field(name="shadow_fraction", dtype=Float32),
     ],
     source=camera_meta_source,
     online=True,
-    description="Registered camera metadata; confidence_threshold gates the top-1 label.",
+    description="Registered camera metadata; confidence_threshold gates the top-1 label; "
+    "model, model_version and shadow_* route its frames.",
 )
 
 camera_activity_batch_source = FileSource(

@@ -93,6 +93,12 @@ class CameraState:
     history: deque[float] = field(default_factory=lambda: deque(maxlen=CONFIDENCE_HISTORY))
     adwin: ADWIN | None = None
     store: CameraStore | None = None  # None: state is not kept on disk
+    # The model version answering for the camera and its reference profile's id ("" until
+    # its first frame tells); a change recalibrates the camera, and its next record names
+    # the version it was calibrated under before (``recalibrated_from``).
+    model: ModelRef | None = None
+    reference_id: str = ""
+    recalibrated_from: ModelRef | None = None
 
     def snapshot(self, reference_id: str) -> Snapshot:
         return Snapshot(
@@ -128,8 +134,9 @@ class DriftMonitor:
         state_dir: Path | None = None,
         checkpoint_s: float = 1.0,
     ) -> None:
-        self.reference = reference
-        self.reference_baseline = reference.baseline()
+        self.reference = reference  # the default model version's
+        self.references: dict[str, ReferenceProfile] = {reference.id: reference}
+        self._baselines: dict[str, Baseline] = {reference.id: reference.baseline()}
         self.thresholds = thresholds
         self.window_frames = window_frames
         self.window_ms = window_ms
@@ -192,13 +199,19 @@ class DriftMonitor:
         stats: dict[str, float],
         *,
         received_ms: int | None = None,
+        model: ModelRef | None = None,
+        reference: ReferenceProfile | None = None,
     ) -> list[DriftRecord]:
         """Add one classified frame; returns the records of any window it closed.
 
         ``received_ms`` (the worker's clock when the frame arrived) keeps silence
         detection honest when camera clocks are off; by default the capture time.
+        ``model`` and ``reference``: the version that classified the frame and its
+        profile (default: the monitor's); a camera whose version changes starts its
+        calibration again.
         """
         camera = self._camera(camera_id)
+        self._route(camera_id, camera, model or self.model, reference or self.reference)
         arrival_ms = received_ms or capture_ts_ms
         self._seen(camera_id, camera, capture_ts_ms, arrival_ms)
         records: list[DriftRecord] = []
@@ -227,6 +240,36 @@ class DriftMonitor:
         if not self.window_ms and len(window) >= self.window_frames:
             records.append(self._close(camera_id, camera))
         return records
+
+    def _route(
+        self, camera_id: str, camera: CameraState, model: ModelRef, reference: ReferenceProfile
+    ) -> None:
+        """Follow the camera to the version now answering for it: a new reference
+        profile drops its open window and calibration (they describe another model)."""
+        if reference.id not in self.references:
+            self.references[reference.id] = reference
+            self._baselines[reference.id] = reference.baseline()
+        if camera.reference_id == reference.id:
+            camera.model = model
+            return
+        if camera.reference_id:
+            camera.recalibrated_from = camera.model
+            log.info(
+                "drift.recalibrating",
+                camera=camera_id,
+                previous=str(camera.model),
+                model=f"{model.name}:{model.version}",
+            )
+        camera.window = None
+        camera.calibration = Sample()
+        camera.baseline = None
+        camera.history.clear()
+        camera.adwin = None
+        camera.model = model
+        camera.reference_id = reference.id
+        if camera.store is not None:
+            camera.store.reference_id = reference.id
+            camera.store.reset(camera.snapshot(reference.id))
 
     def _seen(self, camera_id: str, camera: CameraState, capture_ms: int, arrival_ms: int) -> None:
         camera.last_capture_ms = max(camera.last_capture_ms, capture_ms)
@@ -287,7 +330,8 @@ class DriftMonitor:
         assert window is not None
         camera.window = None
         calibrating = camera.baseline is None and self.calibration_frames > 0
-        base = camera.baseline or self.reference_baseline
+        reference = self._reference_of(camera)
+        base = camera.baseline or self._baselines[reference.id]
         tests = compare(window.sample, base, self.thresholds)
         if not calibrating:
             tests.append(
@@ -309,22 +353,24 @@ class DriftMonitor:
             window_start_ms=window.start_ms,
             window_end_ms=window.end_ms,
             frame_count=len(window),
-            model=self.model,
-            reference_profile_id=self.reference.id,
+            model=camera.model or self.model,
+            reference_profile_id=reference.id,
             calibrating=calibrating,
             baseline_id=None if calibrating else base.id,
+            recalibrated_from=camera.recalibrated_from,
             statistics=[*tests, *quality],
             drift=bool(flagged),
             reasons=[_reason(t) for t in flagged],
             worker=self.worker_id,
         )
+        camera.recalibrated_from = None
         calibrated = calibrating and len(camera.calibration) >= self.calibration_frames
         if calibrated:
             self._calibrate(camera_id, camera)
         self._export(record)
         if camera.store is not None:
             camera.store.commit(
-                camera.snapshot(self.reference.id),
+                camera.snapshot(reference.id),
                 window.sample.confidence,
                 camera.history,
                 calibration=window.sample if calibrating and not calibrated else None,
@@ -332,9 +378,13 @@ class DriftMonitor:
             )
         return record
 
+    def _reference_of(self, camera: CameraState) -> ReferenceProfile:
+        """The camera's reference profile (the default one before its first frame)."""
+        return self.references.get(camera.reference_id, self.reference)
+
     def _calibrate(self, camera_id: str, camera: CameraState) -> None:
         frames = camera.calibration
-        baseline_id = f"{camera_id}@{self.reference.id}:{len(frames)}f"
+        baseline_id = f"{camera_id}@{self._reference_of(camera).id}:{len(frames)}f"
         camera.baseline = calibrate(baseline_id, frames, self.window_frames, self.thresholds)
         camera.calibration = Sample()
         log.debug("drift.calibrated", camera=camera_id, baseline=baseline_id, frames=len(frames))
@@ -350,10 +400,11 @@ class DriftMonitor:
             window_start_ms=camera.last_capture_ms or now_ms,
             window_end_ms=now_ms,
             frame_count=0,
-            model=self.model,
-            reference_profile_id=self.reference.id,
+            model=camera.model or self.model,
+            reference_profile_id=self._reference_of(camera).id,
             calibrating=camera.baseline is None and self.calibration_frames > 0,
             baseline_id=camera.baseline.id if camera.baseline else None,
+            recalibrated_from=None,
             statistics=[test],
             drift=True,
             reasons=[_reason(test)],
@@ -410,6 +461,9 @@ class DriftMonitor:
         self.cameras[camera_id] = self._restore(camera_id, store, restored)
 
     def _restore(self, camera_id: str, store: CameraStore, restored: Restored) -> CameraState:
+        """The camera as it was, under the reference profile it was calibrated with;
+        its first frame tells whether that is still the version answering for it (else
+        it calibrates again: see ``_route``)."""
         snap = restored.snapshot
         camera = CameraState(
             freeze=FreezeTracker(snap.freeze_last, snap.freeze_run),
@@ -417,25 +471,17 @@ class DriftMonitor:
             last_arrival_ms=snap.last_arrival_ms,
             silent=snap.silent,
             store=store,
+            reference_id=snap.reference_profile_id,
         )
-        if snap.reference_profile_id == self.reference.id:
-            camera.baseline = restored.baseline
-            camera.calibration = restored.calibration
-            camera.history.extend(restored.history)
-            for entry in restored.journal:
-                if entry.get("silent"):
-                    camera.silent = True
-                else:
-                    self._add(camera_id, camera, entry)
-            return camera
-        # Another model version: calibrate again, keeping what is not about the model.
+        store.reference_id = snap.reference_profile_id
+        camera.baseline = restored.baseline
+        camera.calibration = restored.calibration
+        camera.history.extend(restored.history)
         for entry in restored.journal:
             if entry.get("silent"):
                 camera.silent = True
             else:
-                self._seen(camera_id, camera, int(entry["t"]), int(entry["a"]))
-                camera.freeze.update(entry["x"])
-        store.reset(camera.snapshot(self.reference.id))
+                self._add(camera_id, camera, entry)
         return camera
 
     def _upgrade(self, camera_id: str, path: Path) -> None:

@@ -93,8 +93,12 @@ class TritonClassifier:
         log.info("triton.ready", model=self._model, version=self.model_ref.version)
         return self.model_ref
 
-    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """Probabilities [N, classes] for a batch of RGB uint8 [N, 224, 224, 3] images.
+    async def classify(
+        self, images: npt.NDArray[np.uint8], model: str = "", version: str = ""
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities [N, classes] for a batch of RGB uint8 [N, 224, 224, 3] images,
+        from ``model`` at ``version`` (default: the model and version this client was
+        made for).
 
         One attempt, bounded by the timeout; the caller (streams.worker) owns retries,
         backoff and the circuit breaker, so that an outage pauses consumption instead
@@ -103,20 +107,32 @@ class TritonClassifier:
         request = InferInput(modelrepo.IMAGE, list(images.shape), "UINT8")
         request.set_data_from_numpy(images)
         outputs = [InferRequestedOutput(modelrepo.PROBS)]
+        name = model or self._model
         try:
             result = await self._client.infer(
-                self._model,
+                name,
                 [request],
-                model_version=self._version,
+                model_version=version if model else self._version,
                 outputs=outputs,
                 client_timeout=self._timeout_s,
             )
         except InferenceServerException as exc:
-            raise InferenceError(f"Triton failed on a batch of {len(images)}: {exc}") from exc
+            raise InferenceError(
+                f"Triton failed on a batch of {len(images)} for {name}: {exc}"
+            ) from exc
         probs: npt.NDArray[np.float32] | None = result.as_numpy(modelrepo.PROBS)
         if probs is None or probs.shape[0] != images.shape[0]:
             raise InferenceError("Triton returned no probabilities for the batch")
         return probs.astype(np.float32, copy=False)
+
+    async def is_ready(self, model: str, version: str) -> bool | None:
+        """Whether Triton serves that version now; None when Triton cannot be asked."""
+        try:
+            return bool(
+                await self._client.is_model_ready(model, version, client_timeout=self._timeout_s)
+            )
+        except InferenceServerException:
+            return None
 
     async def close(self) -> None:
         await self._client.close()
@@ -125,7 +141,13 @@ class TritonClassifier:
 class Classifier(Protocol):
     """One attempt at a batch: probabilities, or InferenceError."""
 
-    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
+    async def classify(
+        self, images: npt.NDArray[np.uint8], model: str = "", version: str = ""
+    ) -> npt.NDArray[np.float32]: ...
+
+
+class RouteGone(InferenceError):
+    """The model version a batch was sent to is not served any more (nor will be)."""
 
 
 class ResilientClassifier:
@@ -152,7 +174,16 @@ class ResilientClassifier:
         self.retry_max_s = retry_max_s
         self._sleep = sleep
 
-    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    async def classify(
+        self,
+        images: npt.NDArray[np.uint8],
+        model: str = "",
+        version: str = "",
+        served: Callable[[], Awaitable[bool | None]] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """``served()``, asked after a failed attempt, says whether the version is still
+        loaded: False (Triton answers, and it is not) raises RouteGone instead of
+        retrying for ever; None (Triton cannot be asked) goes on waiting it out."""
         parts = min(self.inflight, len(images))
         delay = 0.1
         while True:
@@ -166,8 +197,13 @@ class ResilientClassifier:
             INFLIGHT_REQUESTS.inc(parts)
             try:
                 chunks = np.array_split(images, parts) if parts > 1 else [images]
-                results = await asyncio.gather(*(self.client.classify(c) for c in chunks))
+                results = await asyncio.gather(
+                    *(self.client.classify(c, model, version) for c in chunks)
+                )
             except InferenceError as exc:
+                if served is not None and await served() is False:
+                    TRITON_FAILURES.labels("not_served").inc()
+                    raise RouteGone(f"{model}:{version} is not served: {exc}") from exc
                 self.breaker.record_failure()
                 BREAKER.set(int(self.breaker.state))
                 TRITON_FAILURES.labels("error").inc()

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from camstream.records import DriftRecord, FrameHeaders
+from camstream.records import DriftRecord, FrameHeaders, ModelRef
 from streams.drift import DriftMonitor
+from streams.drift_stats import ReferenceProfile
 from streams.pipeline import PreparedFrame, prepare
 
 Decoded = PreparedFrame | BaseException
@@ -71,6 +72,8 @@ class Observation:
     stats: dict[str, float]
     received_ms: int
     partition: int | None
+    model: ModelRef | None = None  # the version that classified it (None: the default)
+    reference: ReferenceProfile | None = None  # that version's drift reference
 
 
 class DriftThread:
@@ -84,7 +87,14 @@ class DriftThread:
         out: list[tuple[DriftRecord, int | None]] = []
         for o in batch:
             records = self.monitor.observe(
-                o.camera_id, o.capture_ts_ms, o.label, o.score, o.stats, received_ms=o.received_ms
+                o.camera_id,
+                o.capture_ts_ms,
+                o.label,
+                o.score,
+                o.stats,
+                received_ms=o.received_ms,
+                model=o.model,
+                reference=o.reference,
             )
             out += [(record, o.partition) for record in records]
         return out

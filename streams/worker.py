@@ -4,8 +4,9 @@ Per batch (streams.batching runs several at once and publishes them in order):
 
 - work, beside other batches: validate (headers, size, declared dimensions: no pixel
   is decoded before), skip stale frames, then the camera features are read from Feast
-  while the frames decode (streams.stages) and Triton classifies them
-  (streams.infer: concurrent requests, retried behind a circuit breaker);
+  while the frames decode (streams.stages); each camera's features route its frames to
+  a model version (streams.routing), and Triton classifies each group, pinned to its
+  version (streams.infer: concurrent requests, retried behind a circuit breaker);
 - emit, in order: predictions and dead letters (streams.records_out, pure), camera
   activity, and the drift monitor on its own thread;
 - deliver, in order: every record to Kafka (streams.publish), then the frames' acks.
@@ -30,7 +31,8 @@ import numpy.typing as npt
 import structlog
 from prometheus_client import Counter, Histogram
 
-from camstream.errors import DlqKind, FrameRejected
+from camstream.errors import ConfigError, DlqKind, FrameRejected
+from camstream.featurestore import ROUTING_COLUMNS
 from camstream.records import DriftRecord, Enrichment, FrameHeaders, ModelRef
 from camstream.settings import Settings
 from streams.activity import ACTIVITY_PUSH_SOURCE, ActivityTracker
@@ -38,10 +40,11 @@ from streams.batching import BatchPipeline
 from streams.breaker import CircuitBreaker
 from streams.drift import DRIFT_PUSH_SOURCE, DriftMonitor, drift_feature_row
 from streams.enrich import FeatureCache, FeaturePusher, OnlineStore
-from streams.infer import ResilientClassifier, TritonClassifier
-from streams.pipeline import Limits, PreparedFrame, load_labels, validate
+from streams.infer import ResilientClassifier, RouteGone, TritonClassifier
+from streams.pipeline import Limits, PreparedFrame, validate
 from streams.publish import Outgoing, Publisher, Send
 from streams.records_out import BatchTiming, build_prediction, dead_letter
+from streams.routing import Route, Router
 from streams.stages import Decoder, DriftThread, Observation
 
 log = structlog.get_logger(__name__)
@@ -54,6 +57,11 @@ STALE = Counter(
     ["camera"],
 )
 PREDICTED = Counter("camstream_worker_predictions_total", "Predictions published", ["camera"])
+ROUTED = Counter(
+    "camstream_worker_routed_frames_total",
+    "Frames classified, by the model version that answered",
+    ["model", "version"],
+)
 DLQ = Counter("camstream_worker_dlq_total", "Frames sent to the DLQ", ["kind"])
 DRIFT = Counter("camstream_worker_drift_records_total", "Drift records", ["camera", "drift"])
 BATCH = Histogram(
@@ -97,7 +105,6 @@ class Topics:
 class WorkerConfig:
     topics: Topics
     limits: Limits
-    labels: list[str]
     top_k: int
     default_threshold: float
     max_frame_age_s: float
@@ -112,7 +119,9 @@ class Batch:
     timing: BatchTiming
     frames: list[tuple[FrameEvent, PreparedFrame]] = field(default_factory=list)
     rejected: list[tuple[FrameEvent, FrameRejected]] = field(default_factory=list)
-    probs: npt.NDArray[np.float32] | None = None
+    # Per classified frame (in ``frames``' order): the version that answered, its row.
+    routes: list[Route] = field(default_factory=list)
+    probs: list[npt.NDArray[np.float32]] = field(default_factory=list)
     features: FeatureRows = field(default_factory=dict)
 
 
@@ -123,6 +132,7 @@ class FrameWorker:
         *,
         triton: TritonClassifier,
         classifier: ResilientClassifier,
+        router: Router,
         decoder: Decoder,
         features: FeatureCache,
         pusher: FeaturePusher,
@@ -137,6 +147,7 @@ class FrameWorker:
         self.config = config
         self.triton = triton
         self.classifier = classifier
+        self.router = router
         self.decoder = decoder
         self.features = features
         self.pusher = pusher
@@ -157,10 +168,11 @@ class FrameWorker:
 
     @property
     def model(self) -> ModelRef:
+        """The default model version (cameras that name none)."""
         return self.triton.model_ref
 
     async def start(self) -> None:
-        """Wait for Triton's model and open Feast (once; later calls return at once)."""
+        """Wait for Triton's default model and open Feast (once; later calls return)."""
         if not self._started:
             self.drift.monitor.model = await self.triton.connect()
             await self.features.warm_up()
@@ -193,19 +205,19 @@ class FrameWorker:
         valid = self._admit(batch)
         if not valid:
             return batch
-        # The Feast read does not depend on inference: it runs meanwhile.
-        (batch.features, enrich_s), (decode_s, infer_s) = await asyncio.gather(
+        # The Feast read does not depend on decoding: it runs meanwhile. Its features
+        # route the frames, so inference waits for both (a cached read is instant).
+        (batch.features, enrich_s), decode_s = await asyncio.gather(
             self._read_features({headers.camera_id for _event, headers in valid}),
-            self._decode_and_classify(batch, valid),
+            self._decode(batch, valid),
         )
+        infer_s = await self._classify(batch)
         batch.timing = BatchTiming(batch.timing.received_s, decode_s, infer_s, enrich_s)
         return batch
 
-    async def _decode_and_classify(
-        self, batch: Batch, valid: list[tuple[FrameEvent, FrameHeaders]]
-    ) -> tuple[float, float]:
-        """Decode the frames (rejects go to ``batch.rejected``) and classify the rest;
-        returns the seconds each took."""
+    async def _decode(self, batch: Batch, valid: list[tuple[FrameEvent, FrameHeaders]]) -> float:
+        """Decode the frames into ``batch.frames`` (rejects go to ``batch.rejected``);
+        returns the seconds it took."""
         started = time.perf_counter()
         decoded = await self.decoder.decode([(h, event.value) for event, h in valid])
         decode_s = time.perf_counter() - started
@@ -220,15 +232,66 @@ class FrameWorker:
             else:
                 batch.frames.append((event, result))
         DECODED.inc(len(batch.frames))
-        if not batch.frames:
-            return decode_s, 0.0
-        images = np.stack([frame.image for _event, frame in batch.frames])
-        BATCH.observe(len(images))
+        return decode_s
+
+    async def _classify(self, batch: Batch) -> float:
+        """Route each decoded frame by its camera's features and classify every group
+        at its pinned version, the groups at once; returns the seconds it took.
+        Frames whose route cannot be served go to ``batch.rejected``."""
+        groups: dict[Route, list[int]] = {}
+        for index, (event, frame) in enumerate(batch.frames):
+            features, _status = batch.features[frame.headers.camera_id]
+            try:
+                route = self.router.resolve(features)
+                self.router.labels(route)
+            except FrameRejected as exc:
+                batch.rejected.append((event, exc))
+                continue
+            groups.setdefault(route, []).append(index)
+        if not groups:
+            batch.frames = []
+            return 0.0
         started = time.perf_counter()
-        batch.probs = await self.classifier.classify(images)
+        results = await asyncio.gather(
+            *(self._classify_group(route, batch, rows) for route, rows in groups.items())
+        )
         infer_s = time.perf_counter() - started
         STAGE.labels("infer").observe(infer_s)
-        return decode_s, infer_s
+        answered: dict[int, tuple[Route, npt.NDArray[np.float32]]] = {}
+        for (route, rows), result in zip(groups.items(), results, strict=True):
+            if isinstance(result, FrameRejected):
+                batch.rejected += [(batch.frames[i][0], result) for i in rows]
+                continue
+            ROUTED.labels(route.model, str(route.version)).inc(len(rows))
+            answered.update((i, (route, row)) for i, row in zip(rows, result, strict=True))
+        kept = sorted(answered)
+        batch.frames = [batch.frames[i] for i in kept]
+        batch.routes = [answered[i][0] for i in kept]
+        batch.probs = [answered[i][1] for i in kept]
+        return infer_s
+
+    async def _classify_group(
+        self, route: Route, batch: Batch, rows: list[int]
+    ) -> npt.NDArray[np.float32] | FrameRejected:
+        images = np.stack([batch.frames[i][1].image for i in rows])
+        BATCH.observe(len(images))
+        version = str(route.version)
+
+        async def served() -> bool | None:
+            return await self.triton.is_ready(route.model, version)
+
+        try:
+            probs = await self.classifier.classify(images, route.model, version, served)
+            self.router.check_classes(route, probs.shape[1])
+        except RouteGone as exc:
+            return FrameRejected(
+                DlqKind.NO_MODEL,
+                f"model {route} is not loaded in Triton ({exc}): promote it "
+                f"(`camstream promote {route}`) or route the camera elsewhere",
+            )
+        except FrameRejected as exc:
+            return exc
+        return probs
 
     def _admit(self, batch: Batch) -> list[tuple[FrameEvent, FrameHeaders]]:
         """The batch's frames that go on to decoding: the rest are rejected or stale."""
@@ -267,19 +330,18 @@ class FrameWorker:
         out = [self._dead_letter(event, exc) for event, exc in batch.rejected]
         if not batch.frames:
             return out
-        assert batch.probs is not None
         now_ms = time.time_ns() // 1_000_000
         observations = []
-        for (event, frame), row in zip(batch.frames, batch.probs, strict=True):
+        for (event, frame), route, row in zip(batch.frames, batch.routes, batch.probs, strict=True):
             h = frame.headers
             features, status = batch.features[h.camera_id]
             timestamp = event.message.timestamp
             prediction = build_prediction(
                 h,
                 row,
-                c.labels,
-                model=self.model,
-                features=features,
+                self.router.labels(route),
+                model=route.ref,
+                features={k: v for k, v in features.items() if k not in ROUTING_COLUMNS},
                 enrichment=status,
                 default_threshold=c.default_threshold,
                 k=c.top_k,
@@ -305,6 +367,8 @@ class FrameWorker:
                     frame.stats,
                     now_ms,
                     partition,
+                    route.ref,
+                    self.router.reference(route),
                 )
             )
         for record, partition in await self.drift.observe(observations):
@@ -372,12 +436,21 @@ def build_worker(
         reconnect_max_s=settings.triton_retry_max_s,
     )
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    router = Router(
+        settings.model_repo,
+        settings.model_name,
+        settings.model_version,
+        reference_override=settings.drift_reference,
+    )
+    try:  # a repository that cannot serve the default model stops the worker here
+        router.labels(router.default_route())
+    except FrameRejected as exc:
+        raise ConfigError(f"{exc}; or set CAMSTREAM_MODEL_NAME / CAMSTREAM_MODEL_REPO") from exc
     feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
     store = OnlineStore(settings.feast_repo_path)
     config = WorkerConfig(
         topics=Topics(settings.predictions_topic, settings.drift_topic, settings.dlq_topic),
         limits=Limits(settings.max_frame_bytes, settings.max_frame_pixels),
-        labels=load_labels(settings.labels_path),
         top_k=settings.top_k,
         default_threshold=settings.default_threshold,
         max_frame_age_s=settings.max_frame_age_s,
@@ -392,6 +465,7 @@ def build_worker(
             settings.infer_inflight,
             settings.triton_retry_max_s,
         ),
+        router=router,
         decoder=Decoder(settings.decode_threads),
         features=FeatureCache(
             store, settings.feature_cache_ttl_s, settings.feature_timeout_s, feast_pool

@@ -1,4 +1,4 @@
-"""`camstream cameras add|list|remove`: cameras and their metadata in Feast (the worker
+"""`camstream cameras add|update|list|remove`: cameras and their metadata in Feast (the worker
 sees changes at once), and optionally in a cameras file for `camstream produce`."""
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ app = new_app(
     help="Register cameras and their metadata in Feast (the worker sees changes at once).",
     no_args_is_help=True,
 )
+ModelOption = Annotated[
+    str, typer.Option("--model", help="The model that answers for it ('' = the default).")
+]
+VersionOption = Annotated[
+    str,
+    typer.Option("--model-version", help="Pin a version of that model ('' = the model's default)."),
+]
 CamerasFile = Annotated[
     Path | None,
     typer.Option("--file", help="Also add to / remove from this cameras file (YAML)."),
@@ -33,9 +40,11 @@ def add(
     threshold: Annotated[
         float, typer.Option(help="Confidence threshold for the top-1 label.")
     ] = 0.2,
+    model: ModelOption = "",
+    model_version: VersionOption = "",
     file: CamerasFile = None,
 ) -> None:
-    """Register (or update) a camera's metadata in Feast and materialize it online."""
+    """Register (or replace) a camera and its metadata in Feast and materialize it online."""
     from camstream.cameras import camera_from_entry, dump_cameras, load_cameras, source_kind
     from camstream.featurestore import open_store, upsert_cameras
 
@@ -49,6 +58,8 @@ def add(
         "zone": zone,
         "indoor": indoor,
         "confidence_threshold": threshold,
+        "model": model,
+        "model_version": model_version,
     }
     camera = camera_from_entry(entry, camera_id)
     if file is not None:
@@ -57,6 +68,45 @@ def add(
         dump_cameras([*others, camera], file)
     upsert_cameras(open_store(config.feast_repo_path), [camera])
     out(f"registered {camera_id}" + (f" (and wrote {file})" if file else ""))
+
+
+@app.command("update")
+def update(
+    camera_ids: Annotated[list[str], typer.Argument(help="Registered camera ids.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model that answers ('' = the default).")
+    ] = None,
+    model_version: Annotated[
+        str | None,
+        typer.Option("--model-version", help="Pin a version ('' = the model's default)."),
+    ] = None,
+    site: Annotated[str | None, typer.Option()] = None,
+    zone: Annotated[str | None, typer.Option()] = None,
+    indoor: Annotated[bool | None, typer.Option()] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Confidence threshold for the top-1 label.")
+    ] = None,
+) -> None:
+    """Change some metadata of registered cameras; the rest stays. A running worker
+    routes their next frames by it within its feature cache TTL, without a restart.
+    (`camstream promote` switches models with a canary and a drain; this does not.)"""
+    from camstream.featurestore import open_store, update_cameras
+
+    given = {
+        "model": model,
+        "model_version": model_version,
+        "site": site,
+        "zone": zone,
+        "indoor": indoor,
+        "confidence_threshold": threshold,
+    }
+    change = {column: value for column, value in given.items() if value is not None}
+    if model is not None and model_version is None:
+        change["model_version"] = ""  # a version of the old model means nothing for the new
+    if not change:
+        raise typer.BadParameter("nothing to change: give --model, --threshold, ...")
+    update_cameras(open_store(settings().feast_repo_path), dict.fromkeys(camera_ids, change))
+    out(f"updated {camera_ids}: " + ", ".join(f"{k}={v!r}" for k, v in change.items()))
 
 
 @app.command("list")
@@ -70,11 +120,16 @@ def list_cameras(
     if as_json:
         out(json.dumps(rows))
         return
-    out(f"{'camera':<24}{'site':<16}{'zone':<20}{'indoor':<8}threshold")
+    out(f"{'camera':<24}{'site':<16}{'zone':<20}{'indoor':<8}{'threshold':<11}model")
     for row in rows:
+        model = row["model"] or "(default)"
+        if row["model_version"]:
+            model += f":{row['model_version']}"
+        if row["shadow_model"]:
+            model += f"  shadow {row['shadow_model']} x{row['shadow_fraction']:.2f}"
         out(
             f"{row['camera_id']:<24}{row['site']:<16}{row['zone']:<20}"
-            f"{row['indoor']!s:<8}{row['confidence_threshold']:.2f}"
+            f"{row['indoor']!s:<8}{row['confidence_threshold']:<11.2f}{model}"
         )
 
 

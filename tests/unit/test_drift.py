@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,18 +154,145 @@ def test_silent_camera_is_reported_once_and_rearmed_by_new_frames() -> None:
     assert len(monitor.tick(last + 20_000)) == 1
 
 
+def test_windows_close_by_capture_time_and_by_the_clock_when_a_camera_goes_quiet() -> None:
+    # Given windows of one second of capture time (the frame count no longer decides)
+    rng = np.random.default_rng(20)
+    monitor = _monitor(rng, window_ms=1000, calibration_frames=0)
+    # When frames arrive 100 ms apart from t=1000
+    records = _feed(monitor, rng, 25)  # captures 1000, 1100, ... 3400
+    # Then the frame at t=2000 closes the first window with the ten before it, and the
+    # one at t=3000 the second
+    assert [(r.window_start_ms, r.window_end_ms, r.frame_count) for r in records] == [
+        (1000, 1900, 10),
+        (2000, 2900, 10),
+    ]
+    # and a window left open by a camera that went quiet closes on the clock, once two
+    # window lengths have passed since it opened (a late frame still has time to come)
+    assert monitor.tick(3000 + 1999) == []
+    (quiet,) = monitor.tick(3000 + 2000)
+    assert (quiet.kind, quiet.window_start_ms, quiet.frame_count) == ("window", 3000, 5)
+
+
+def _scene(rng: np.random.Generator, n: int, **shift: float) -> tuple[str, float, dict[str, float]]:
+    """A frame with every image statistic the worker measures, ``shift`` added to some."""
+    stats = {
+        "brightness": rng.normal(120, 10),
+        "contrast": rng.normal(50, 5),
+        "sharpness": rng.normal(300, 30),
+        "colourfulness": rng.normal(40, 4),
+        "dark_fraction": abs(rng.normal(0.02, 0.005)),
+        "bright_fraction": abs(rng.normal(0.02, 0.005)),
+    }
+    for name, delta in shift.items():
+        stats[name] += delta
+    stats = {k: float(v) for k, v in stats.items()} | {FINGERPRINT: float(n)}
+    return LABELS[n % 3], float(rng.normal(0.6, 0.05)), stats
+
+
+def _calibrated(rng: np.random.Generator) -> DriftMonitor:
+    monitor = _monitor(rng)
+    for n in range(4 * WINDOW):
+        monitor.observe("cam", 1000 + 100 * n, *_scene(rng, n))
+    assert monitor.cameras["cam"].baseline is not None
+    return monitor
+
+
+@pytest.mark.parametrize(
+    ("statistic", "delta"),
+    [
+        ("contrast", -30.0),  # a washed-out, foggy image
+        ("colourfulness", -30.0),  # colour lost (an IR switch, a failing sensor)
+        ("dark_fraction", 0.25),  # more crushed pixels, not yet black frames
+        ("bright_fraction", 0.25),  # more clipped pixels, not yet over-exposed frames
+    ],
+)
+def test_a_shift_of_contrast_colourfulness_or_clipping_alone_is_flagged_by_ks(
+    statistic: str, delta: float
+) -> None:
+    # Given a calibrated camera
+    rng = np.random.default_rng(21)
+    monitor = _calibrated(rng)
+    start = 4 * WINDOW
+    # When one image statistic shifts while the labels and the rest stay as they were
+    records = []
+    for n in range(start, start + WINDOW):
+        records += monitor.observe("cam", 1000 + 100 * n, *_scene(rng, n, **{statistic: delta}))
+    # Then the window drifts on that statistic's KS test, and on no other image statistic
+    (record,) = records
+    assert not record.calibrating
+    flagged = {(t.name, t.test) for t in record.statistics if t.drifted}
+    assert (statistic, "ks") in flagged, record.reasons
+    assert {name for name, test in flagged if test == "ks"} == {statistic}, record.reasons
+    assert any(reason.startswith(f"{statistic} ks=") for reason in record.reasons)
+
+
+def test_adwin_flags_a_sudden_change_of_confidence_within_a_window() -> None:
+    # Given a calibrated camera whose confidences are steady
+    rng = np.random.default_rng(22)
+    monitor = _calibrated(rng)
+    start = 4 * WINDOW
+    steady = []
+    for n in range(start, start + WINDOW):
+        steady += monitor.observe("cam", 1000 + 100 * n, *_scene(rng, n))
+    adwin = [t for t in steady[0].statistics if t.test == "adwin"]
+    assert [(t.name, t.drifted) for t in adwin] == [("confidence", False)]
+    # When the model's confidence falls from 0.6 to 0.2 on every frame of the next window
+    records = []
+    for n in range(start + WINDOW, start + 2 * WINDOW):
+        label, _score, stats = _scene(rng, n)
+        records += monitor.observe(
+            "cam", 1000 + 100 * n, label, float(rng.normal(0.2, 0.05)), stats
+        )
+    # Then ADWIN saw the change inside the window, and says so
+    (record,) = records
+    (test,) = [t for t in record.statistics if t.test == "adwin"]
+    assert test.name == "confidence" and test.drifted and test.value >= 1
+    assert any(reason.startswith("confidence adwin=") for reason in record.reasons)
+
+
+def test_over_exposed_frames_are_flagged_even_while_calibrating() -> None:
+    # Given a calibrating camera whose frames are mostly clipped white (distinct frames:
+    # not frozen)
+    rng = np.random.default_rng(23)
+    monitor = _monitor(rng)
+    records = []
+    for n in range(WINDOW):
+        label, score, stats = _scene(rng, n)
+        if n % 2 == 0:
+            stats |= {"bright_fraction": 0.9, "brightness": 245.0}
+        records += monitor.observe("cam", 1000 + 100 * n, label, score, stats)
+    # Then the window is flagged for over-exposed frames (half of them; the limit is 20%)
+    (record,) = records
+    assert record.calibrating and record.drift
+    (test,) = [t for t in record.statistics if t.name == "overexposed_frames"]
+    assert test.drifted and test.value == pytest.approx(0.5)
+    assert [r for r in record.reasons if r.startswith("overexposed_frames share")]
+    assert not [r for r in record.reasons if r.startswith(("frozen", "black_frames"))]
+
+
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     # Given a camera calibrated, half-way through a window, and checkpointed
     rng = np.random.default_rng(7)
     monitor = _monitor(rng, tmp_path)
     _feed(monitor, rng, 4 * WINDOW + WINDOW // 2)
     monitor.checkpoint()
+    baseline = monitor.cameras["cam"].baseline
+    assert baseline is not None
+    open_window = monitor.cameras["cam"].window
+    assert open_window is not None
     # When a new worker starts on the same state folder
     restarted = _monitor(np.random.default_rng(7), tmp_path)
     records = _feed(restarted, rng, WINDOW // 2, start=4 * WINDOW + WINDOW // 2)
-    # Then the open window completes where it was, against the same baseline
+    # Then the open window completes where it was, against the same baseline: the same
+    # id, the same label counts and the same calibrated limits
     assert len(records) == 1 and records[0].frame_count == WINDOW
-    assert not records[0].calibrating and records[0].baseline_id is not None
+    assert records[0].window_start_ms == open_window.start_ms
+    assert not records[0].calibrating and records[0].baseline_id == baseline.id
+    again = restarted.cameras["cam"].baseline
+    assert again is not None and again.id == baseline.id
+    assert again.label_counts == baseline.label_counts
+    assert again.critical == baseline.critical
+    assert again.critical  # calibrated limits, not the configured floors only
 
 
 def test_a_new_reference_profile_recalibrates(tmp_path: Path) -> None:
@@ -194,10 +322,29 @@ def test_records_validate_against_the_published_schema() -> None:
 def test_feature_row_matches_the_feast_drift_view() -> None:
     from features.cameras import camera_drift_fv
 
+    from feast.types import Bool, Int64, String
+
+    # Given a drift record that flagged something (frozen frames: one fingerprint)
     rng = np.random.default_rng(10)
-    record = _feed(_monitor(rng), rng, WINDOW)[0]
+    frozen = {"brightness": 100.0, "dark_fraction": 0.0, "bright_fraction": 0.0, FINGERPRINT: 7.0}
+    monitor = _monitor(rng)
+    (record,) = [r for n in range(WINDOW) for r in monitor.observe("cam", n, "pole", 0.5, frozen)]
+    assert record.drift and record.reasons
+    # When it becomes a row for the push source
     row = drift_feature_row(record)
-    assert {f.name for f in camera_drift_fv.schema} <= set(row)
+    # Then the row has exactly the view's columns (with its entity and timestamp), of
+    # the view's types, holding the record's values
+    schema = {f.name: f.dtype for f in camera_drift_fv.schema}
+    assert set(row) == {*schema, "camera_id", "event_timestamp"}
+    python_type = {Bool: bool, Int64: int, String: str}
+    for name, dtype in schema.items():
+        assert type(row[name]) is python_type[dtype], (name, row[name], dtype)
+    assert row["camera_id"] == record.camera_id
+    assert row["event_timestamp"] == datetime.fromtimestamp(record.window_end_ms / 1000, tz=UTC)
+    assert row["drift"] is record.drift
+    assert row["drift_reasons"] == "; ".join(record.reasons)
+    assert row["drift_window_end_ms"] == record.window_end_ms
+    assert row["reference_profile_id"] == record.reference_profile_id == "ref-1"
 
 
 # The record's contract: every flag follows from the record's own fields -----------------
@@ -441,3 +588,39 @@ def test_state_of_the_previous_layout_keeps_last_seen_times_and_recalibrates(
     assert (camera.freeze.last, camera.freeze.run) == (3.0, 4)
     assert not (tmp_path / "cam%2F1.json").exists() and (tmp_path / "cam%2F1").is_dir()
     assert "cam/1" in _fresh(tmp_path).cameras
+
+
+def test_a_camera_moved_to_another_version_calibrates_again_and_says_so(tmp_path: Path) -> None:
+    # Given a camera calibrated under the default version (2 windows of calibration)
+    rng = np.random.default_rng(21)
+    monitor = _monitor(rng, tmp_path, calibration_frames=2 * WINDOW)
+    calibrated = _feed(monitor, rng, 3 * WINDOW)
+    assert [r.calibrating for r in calibrated] == [True, True, False]
+    assert all(r.model == MODEL and r.recalibrated_from is None for r in calibrated)
+
+    # When a promotion moves it to another version, with its own reference profile
+    promoted = ModelRef(name="m", version="2")
+    new_reference = _reference(rng, "ref-2")
+    moved: list[DriftRecord] = []
+    for n in range(3 * WINDOW, 6 * WINDOW):
+        label, score, stats = _frame(rng, n)
+        moved += monitor.observe(
+            "cam", 1000 + 100 * n, label, score, stats, model=promoted, reference=new_reference
+        )
+
+    # Then its windows name the new version and profile, it calibrates again from the
+    # switch, and only the first record after the switch names the version it left
+    assert [r.calibrating for r in moved] == [True, True, False]
+    assert all(r.model == promoted and r.reference_profile_id == "ref-2" for r in moved)
+    assert [r.recalibrated_from for r in moved] == [MODEL, None, None]
+    assert moved[2].baseline_id is not None and "ref-2" in moved[2].baseline_id
+    # ...and a restarted monitor keeps that camera's state under the new profile
+    monitor.checkpoint()
+    restarted = _monitor(rng, tmp_path, calibration_frames=2 * WINDOW)
+    label, score, stats = _frame(rng, 6 * WINDOW)
+    restarted.observe(
+        "cam", 1000 + 100 * 6 * WINDOW, label, score, stats, model=promoted, reference=new_reference
+    )
+    camera = restarted.cameras["cam"]
+    assert camera.baseline is not None and camera.baseline.id == moved[2].baseline_id
+    assert camera.recalibrated_from is None

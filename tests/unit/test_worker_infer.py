@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from camstream.errors import InferenceError
 from streams.breaker import BreakerState, CircuitBreaker
-from streams.infer import ResilientClassifier
+from streams.infer import ResilientClassifier, RouteGone
 
 
 class FakeTriton:
@@ -19,7 +19,9 @@ class FakeTriton:
         self.failures = failures
         self.calls: list[int] = []
 
-    async def classify(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    async def classify(
+        self, images: npt.NDArray[np.uint8], model: str = "", version: str = ""
+    ) -> npt.NDArray[np.float32]:
         self.calls.append(len(images))
         if self.failures > 0:
             self.failures -= 1
@@ -70,3 +72,24 @@ def test_failures_back_off_doubling_to_the_cap_then_the_breaker_opens_and_recove
     assert backoffs[:3] == [0.1, 0.2, 0.3]
     assert any(s > 0.3 for s in clock.sleeps)  # the breaker's wait for its trial call
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_version_triton_no_longer_serves_is_given_up_not_retried_for_ever() -> None:
+    # Given a server that refuses the version, and says (when asked) it does not serve it
+    triton = FakeTriton(failures=10)
+    clock = Clock()
+    classifier = ResilientClassifier(triton, CircuitBreaker(3, 2.0), 1, 5, sleep=clock.sleep)
+    answers: list[bool | None] = [None, False]
+
+    async def served() -> bool | None:
+        return answers.pop(0)
+
+    # When a batch is sent to it
+    try:
+        asyncio.run(classifier.classify(_images(2), "m", "7", served))
+    except RouteGone as exc:
+        gone = str(exc)
+    # Then an unanswerable check (None: Triton away) waits it out, and "not served" ends it
+    assert "m:7 is not served" in gone
+    assert len(triton.calls) == 2 and clock.sleeps == [0.1]
+    assert classifier.breaker.state is BreakerState.CLOSED  # not a server failure
