@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from camstream.errors import DlqKind, FrameRejected
 
@@ -368,9 +368,90 @@ class DriftRecord(_Record):
     model_config = ConfigDict(populate_by_name=True)
 
 
+SHADOW_SCHEMA: Final = "shadow/1"
+
+
+class ShadowPair(_Record):
+    """One frame classified by the champion (the version answering for the camera) and
+    by a shadow candidate; value of camstream.shadow (kind ``pair``), keyed by camera.
+
+    Labels are the raw top-1 of each model, before the camera's threshold."""
+
+    schema_: Literal["shadow/1"] = Field(default=SHADOW_SCHEMA, alias="schema")
+    kind: Literal["pair"] = "pair"
+    camera_id: str
+    seq: int = Field(ge=0)
+    capture_ts_ms: int
+    window: int = Field(
+        ge=0, description="The per-camera summary window this pair counts in (its summary's)."
+    )
+    champion: ModelRef
+    candidate: ModelRef
+    champion_label: str
+    champion_score: float = Field(ge=0, le=1)
+    candidate_label: str
+    candidate_score: float = Field(ge=0, le=1)
+    agree: bool = Field(description="champion_label == candidate_label")
+    champion_infer_ms: float = Field(description="The champion request's time for this frame.")
+    candidate_infer_ms: float = Field(description="The candidate request's time for it.")
+    worker: str
+    published_ts_ms: int
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class LabelPair(_Record):
+    champion_label: str
+    candidate_label: str
+    count: int = Field(ge=1)
+
+
+class ShadowSummary(_Record):
+    """Agreement of a shadow candidate with the champion over one window of one camera's
+    pairs; value of camstream.shadow (kind ``summary``). Every figure is recomputable
+    from the window's pairs (same camera, candidate and ``window``)."""
+
+    schema_: Literal["shadow/1"] = Field(default=SHADOW_SCHEMA, alias="schema")
+    kind: Literal["summary"] = "summary"
+    camera_id: str
+    window: int = Field(ge=0)
+    champion: ModelRef
+    candidate: ModelRef
+    window_start_ms: int = Field(description="Earliest capture time among the pairs.")
+    window_end_ms: int = Field(description="Latest capture time among the pairs.")
+    pairs: int = Field(ge=0)
+    agreement_rate: float | None = Field(
+        ge=0, le=1, description="Share of pairs whose top-1 labels agree; null with no pair."
+    )
+    confusion: list[LabelPair] = Field(
+        description="How often each (champion label, candidate label) occurred, most first."
+    )
+    confidence_shift: float | None = Field(
+        description="Mean of candidate_score - champion_score over the pairs."
+    )
+    champion_infer_ms_p50: float | None
+    candidate_infer_ms_p50: float | None
+    latency_ratio: float | None = Field(
+        description="candidate_infer_ms_p50 / champion_infer_ms_p50."
+    )
+    failures: int = Field(ge=0, description="Sampled frames whose candidate request failed.")
+    skipped: int = Field(
+        ge=0, description="Sampled frames not sent because the shadow lane was full."
+    )
+    worker: str
+    published_ts_ms: int
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ShadowRecord(RootModel[Annotated[ShadowPair | ShadowSummary, Field(discriminator="kind")]]):
+    """A record of camstream.shadow: a pair or a window summary (its ``kind``)."""
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "prediction.schema.json": Prediction,
     "drift.schema.json": DriftRecord,
+    "shadow.schema.json": ShadowRecord,
 }
 
 

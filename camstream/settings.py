@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     worker_data_dir: Path | None = Field(
         default=None, description="Faust's data folder; default <state_dir>/worker."
     )
+    shadow_window_pairs: int = Field(
+        default=50, ge=1, description="Shadow pairs per camera in one agreement summary."
+    )
+    shadow_inflight: int = Field(
+        default=1,
+        ge=1,
+        description="Shadow candidate requests at once; frames sampled beyond are skipped.",
+    )
     pipeline_depth: int = Field(
         default=2,
         ge=1,
@@ -336,6 +344,20 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}frames.dlq"
+
+    @property
+    def shadow_topic(self) -> str:
+        return f"{self.topic_prefix}shadow"
+
+    @property
+    def output_topics(self) -> tuple[str, ...]:
+        """Every topic the worker publishes to."""
+        return (self.predictions_topic, self.drift_topic, self.dlq_topic, self.shadow_topic)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic of the pipeline: frames in, the outputs."""
+        return (self.frames_topic, *self.output_topics)
 
     @property
     def feast_repo_path(self) -> Path:

@@ -98,10 +98,7 @@ def build_app(settings: Settings) -> faust.App:
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
     raw |= {"key_serializer": "raw", "value_serializer": "raw"}
     frames = app.topic(settings.frames_topic, **raw)
-    outputs = {
-        name: app.topic(name, **raw)
-        for name in (settings.predictions_topic, settings.drift_topic, settings.dlq_topic)
-    }
+    outputs = {name: app.topic(name, **raw) for name in settings.output_topics}
 
     async def plain_send(
         topic: str,

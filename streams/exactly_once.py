@@ -119,7 +119,7 @@ async def partition_mismatch(app: faust.App, settings: Settings) -> ConfigError 
     least the frames topic's partitions. What is wrong, or None."""
     client = app.producer._producer  # type: ignore[attr-defined]  # aiokafka's: partitions_for is public
     frames = len(await client.partitions_for(settings.frames_topic))
-    for topic in (settings.predictions_topic, settings.drift_topic, settings.dlq_topic):
+    for topic in settings.output_topics:
         count = len(await client.partitions_for(topic))
         if count < frames:
             return ConfigError(

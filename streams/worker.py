@@ -45,6 +45,7 @@ from streams.pipeline import Limits, PreparedFrame, validate
 from streams.publish import Outgoing, Publisher, Send
 from streams.records_out import BatchTiming, build_prediction, dead_letter
 from streams.routing import Route, Router
+from streams.shadow import ShadowFrame, ShadowLane, candidate_of, sampled
 from streams.stages import Decoder, DriftThread, Observation
 
 log = structlog.get_logger(__name__)
@@ -140,6 +141,7 @@ class FrameWorker:
         drift: DriftThread,
         publisher: Publisher,
         depth: int,
+        shadow: ShadowLane | None = None,
         publish_guard: asyncio.Lock | None = None,
         on_failure: Any = None,
         closing: Sequence[ThreadPoolExecutor] = (),
@@ -154,6 +156,7 @@ class FrameWorker:
         self.activity = activity
         self.drift = drift
         self.publisher = publisher
+        self.shadow = shadow
         self.batches: BatchPipeline[FrameEvent, Batch, Outgoing] = BatchPipeline(
             self._work,
             self._emit,
@@ -187,6 +190,8 @@ class FrameWorker:
     async def stop(self) -> None:
         self.publisher.stopping = True
         await self.batches.stop(timeout_s=5.0)
+        if self.shadow is not None:
+            await self.shadow.stop()
         try:
             await asyncio.wait_for(self.flush_features(), 5.0)
         except Exception as exc:
@@ -258,22 +263,56 @@ class FrameWorker:
         infer_s = time.perf_counter() - started
         STAGE.labels("infer").observe(infer_s)
         answered: dict[int, tuple[Route, npt.NDArray[np.float32]]] = {}
+        group_s: dict[Route, float] = {}
         for (route, rows), result in zip(groups.items(), results, strict=True):
             if isinstance(result, FrameRejected):
                 batch.rejected += [(batch.frames[i][0], result) for i in rows]
                 continue
+            probs, group_s[route] = result
             ROUTED.labels(route.model, str(route.version)).inc(len(rows))
-            answered.update((i, (route, row)) for i, row in zip(rows, result, strict=True))
+            answered.update((i, (route, row)) for i, row in zip(rows, probs, strict=True))
         kept = sorted(answered)
         batch.frames = [batch.frames[i] for i in kept]
         batch.routes = [answered[i][0] for i in kept]
         batch.probs = [answered[i][1] for i in kept]
+        if self.shadow is not None:
+            self._offer_shadow(batch, group_s)
         return infer_s
+
+    def _offer_shadow(self, batch: Batch, group_s: dict[Route, float]) -> None:
+        """Send the sampled frames of cameras with a shadow candidate to it, in the
+        background (the batch goes on at once)."""
+        assert self.shadow is not None
+        wanted: dict[Route, list[ShadowFrame]] = {}
+        for (_event, frame), route, row in zip(
+            batch.frames, batch.routes, batch.probs, strict=True
+        ):
+            h = frame.headers
+            shadow = candidate_of(batch.features[h.camera_id][0])
+            if shadow is None or shadow[0] == route or not sampled(h.camera_id, h.seq, shadow[1]):
+                continue
+            best = int(np.argmax(row))
+            wanted.setdefault(shadow[0], []).append(
+                ShadowFrame(
+                    h.camera_id,
+                    h.seq,
+                    h.capture_ts_ms,
+                    frame.image,
+                    route,
+                    self.router.labels(route)[best],
+                    min(1.0, max(0.0, float(row[best]))),
+                    group_s[route] * 1000.0,
+                )
+            )
+        for candidate, frames in wanted.items():
+            self.shadow.offer(candidate, frames)
 
     async def _classify_group(
         self, route: Route, batch: Batch, rows: list[int]
-    ) -> npt.NDArray[np.float32] | FrameRejected:
+    ) -> tuple[npt.NDArray[np.float32], float] | FrameRejected:
+        """The group's probabilities and the seconds its requests took, or why not."""
         images = np.stack([batch.frames[i][1].image for i in rows])
+        started = time.perf_counter()
         BATCH.observe(len(images))
         version = str(route.version)
 
@@ -291,7 +330,7 @@ class FrameWorker:
             )
         except FrameRejected as exc:
             return exc
-        return probs
+        return probs, time.perf_counter() - started
 
     def _admit(self, batch: Batch) -> list[tuple[FrameEvent, FrameHeaders]]:
         """The batch's frames that go on to decoding: the rest are rejected or stale."""
@@ -328,6 +367,8 @@ class FrameWorker:
     async def _emit(self, batch: Batch) -> list[Outgoing]:
         c = self.config
         out = [self._dead_letter(event, exc) for event, exc in batch.rejected]
+        if self.shadow is not None:
+            out += self.shadow.drain()
         if not batch.frames:
             return out
         now_ms = time.time_ns() // 1_000_000
@@ -412,7 +453,10 @@ class FrameWorker:
     async def tick(self, now_ms: int) -> None:
         """Once a second: drift windows due by time, silent cameras, checkpoints."""
         records = await self.drift.tick(now_ms)
-        await self.publisher.deliver([self._drift_record(record) for record in records])
+        out = [self._drift_record(record) for record in records]
+        if self.shadow is not None:
+            out += self.shadow.drain()
+        await self.publisher.deliver(out)
 
     async def flush_features(self) -> None:
         """Push the changed cameras' activity and drift rows to Feast (off the loop)."""
@@ -477,6 +521,14 @@ def build_worker(
             send, settings.publish_retry_max_s, retry=settings.delivery != "exactly_once"
         ),
         depth=settings.pipeline_depth,
+        shadow=ShadowLane(
+            triton.classify,
+            router,
+            settings.shadow_topic,
+            worker_id,
+            window_pairs=settings.shadow_window_pairs,
+            inflight=settings.shadow_inflight,
+        ),
         publish_guard=publish_guard,
         on_failure=on_failure,
         closing=(feast_pool,),
