@@ -1,6 +1,9 @@
 """The Triton model repository as camstream reads and writes it: one layout, one place.
 
-    <repo>/<model>/config.pbtxt            Triton's configuration (names, batching)
+    <repo>/<model>/config.pbtxt            Triton's configuration (names, batching) and
+                                           its version_policy: the versions in use
+    <repo>/<model>/serving.json            {"version": N}: the model's default version,
+                                           answering for cameras that name no version
     <repo>/<model>/labels.txt              class names, one a line; the first synonym
                                            before a comma is the label
     <repo>/<model>/reference_profile.json  the drift reference profile
@@ -12,6 +15,10 @@
 A version's own labels and profile win over the model-level ones, which belong to the
 champion last installed (Triton's ``label_filename`` names the model-level file).
 
+Triton runs in explicit model-control mode: it loads what each config's
+``version_policy`` names, at start and at each ``load_model``; a rollout
+(camstream.rollout) edits the policy and serving.json here and then asks Triton to load.
+
 Every exported model takes ``IMAGE`` (RGB uint8 [N, 224, 224, 3]) and returns ``PROBS``
 (float32 softmax over its labels), so any model can serve any camera.
 
@@ -22,9 +29,12 @@ imports it as well as the application.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +69,11 @@ def _version_number(name: str) -> int | None:
     if not (name.isascii() and name.isdigit()) or name.startswith("0"):
         return None
     return int(name)
+
+
+def version_number(text: str) -> int | None:
+    """``text`` as a version number; None for "" or a name Triton ignores."""
+    return _version_number(text)
 
 
 def model_versions(model_dir: Path) -> tuple[int, ...]:
@@ -307,3 +322,183 @@ def _write_synced(target: Path, data: bytes) -> None:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# Serving: a model's default version and the versions Triton loads ----------------
+
+SERVING_FILE = "serving.json"
+
+
+def default_version(repo: Path, model: str) -> int | None:
+    """The version that answers for cameras naming ``model`` but no version:
+    ``<model>/serving.json``'s when present and its folder exists, else the latest
+    version folder, else None (the model has no version).
+
+    Cheap enough to call per batch; callers that poll it may compare
+    ``serving_path(...).stat().st_mtime_ns`` first."""
+    versions = model_versions(repo / model)
+    pinned = _serving_version(repo / model / SERVING_FILE)
+    if pinned is not None and pinned in versions:
+        return pinned
+    return versions[-1] if versions else None
+
+
+def serving_path(repo: Path, model: str) -> Path:
+    return repo / model / SERVING_FILE
+
+
+def write_default_version(repo: Path, model: str, version: int) -> None:
+    """Make ``version`` the default of ``model`` (serving.json, written atomically).
+
+    Raises ConfigError when the repository has no such version: a default naming a
+    missing folder would be ignored, which is never what the caller meant."""
+    versions = model_versions(repo / model)
+    if version not in versions:
+        raise ConfigError(
+            f"cannot make version {version} the default of model {model}: {repo / model} "
+            f"has versions {list(versions)}; install it first (`camstream promote`)"
+        )
+    _write_synced(serving_path(repo, model), (json.dumps({"version": version}) + "\n").encode())
+
+
+def _serving_version(path: Path) -> int | None:
+    try:
+        value = json.loads(path.read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def version_policy(repo: Path, model: str) -> list[int] | None:
+    """The versions ``<model>/config.pbtxt``'s ``version_policy`` names: the listed
+    ones for ``specific``, the version folders it selects for ``latest``/``all``; None
+    when the config has no policy (Triton's default: the latest one version).
+
+    Raises ConfigError when the config is missing or its policy cannot be read."""
+    text = _read_config(repo, model)
+    span = _top_level_field(text, "version_policy")
+    if span is None:
+        return None
+    body = text[span[0] : span[1]]
+    versions = model_versions(repo / model)
+    if re.search(r"\bspecific\b", body):
+        numbers = re.search(r"\bversions\s*:\s*\[([^\]]*)\]", body)
+        listed = numbers.group(1) if numbers else ""
+        single = re.findall(r"\bversions\s*:\s*(\d+)", body)  # proto's repeated form
+        found = [int(n) for n in re.findall(r"\d+", listed)] + [int(n) for n in single]
+        return sorted(set(found))
+    if re.search(r"\ball\b", body):
+        return list(versions)
+    latest = re.search(r"\blatest\b[^}]*?\bnum_versions\s*:\s*(\d+)", body)
+    if latest:
+        return list(versions[-int(latest.group(1)) :]) if int(latest.group(1)) else []
+    raise ConfigError(
+        f"cannot read the version_policy of {repo / model / CONFIG_FILE}: "
+        f"{body.strip()!r}; write it as version_policy: {{ specific: {{ versions: [N] }} }}"
+    )
+
+
+def loaded_versions(repo: Path, model: str) -> list[int]:
+    """The versions Triton loads for ``model`` from this repository: its policy's, else
+    the latest one (Triton's default), limited to the folders that exist."""
+    versions = model_versions(repo / model)
+    policy = version_policy(repo, model)
+    if policy is None:
+        return list(versions[-1:])
+    return [v for v in policy if v in versions]
+
+
+def set_version_policy(repo: Path, model: str, versions: Sequence[int]) -> None:
+    """Rewrite (or add) the ``version_policy`` of ``<model>/config.pbtxt`` as
+    ``{ specific { versions: [...] } }``, atomically; the rest of the file, comments
+    included, stays as it was. Triton applies it at the next ``load_model(model)``
+    and at every start, so a restarted server loads exactly these versions."""
+    wanted = sorted(set(versions))
+    if not wanted or any(v < 1 for v in wanted):
+        raise ConfigError(
+            f"version_policy of model {model} needs at least one version >= 1, got {wanted}"
+        )
+    text = _read_config(repo, model)
+    listed = ", ".join(str(v) for v in wanted)
+    policy = f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+    span = _top_level_field(text, "version_policy")
+    if span is None:
+        note = "# Versions loaded, kept by `camstream promote` / `rollback` (rollout.py).\n"
+        updated = text.rstrip("\n") + "\n\n" + note + policy + "\n"
+    else:
+        updated = text[: span[0]] + policy + text[span[1] :]
+    _write_synced(repo / model / CONFIG_FILE, updated.encode())
+
+
+def _read_config(repo: Path, model: str) -> str:
+    path = repo / model / CONFIG_FILE
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} is missing: model {model} is not in the Triton repository {repo}"
+        ) from exc
+
+
+def _top_level_field(text: str, name: str) -> tuple[int, int] | None:
+    """The span of ``name { ... }`` / ``name: { ... }`` at nesting depth 0 of a protobuf
+    text file (comments and strings skipped), from the name to its closing brace."""
+    depth = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        char = text[i]
+        if char == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if char in "\"'":
+            i = _string_end(text, i)
+            continue
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif depth == 0 and text.startswith(name, i) and _word_bounds(text, i, len(name)):
+            brace = re.compile(r"\s*:?\s*\{").match(text, i + len(name))
+            if brace:
+                close = _matching_brace(text, brace.end() - 1)
+                return i, close + 1
+        i += 1
+    return None
+
+
+def _word_bounds(text: str, start: int, length: int) -> bool:
+    before = text[start - 1] if start else " "
+    after = text[start + length] if start + length < len(text) else " "
+    return not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_")
+
+
+def _string_end(text: str, start: int) -> int:
+    quote = text[start]
+    i = start + 1
+    while i < len(text) and text[i] != quote:
+        i += 2 if text[i] == "\\" else 1
+    return i + 1
+
+
+def _matching_brace(text: str, open_at: int) -> int:
+    depth = 0
+    i = open_at
+    while i < len(text):
+        char = text[i]
+        if char == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        if char in "\"'":
+            i = _string_end(text, i)
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ConfigError(f"unbalanced braces in a config.pbtxt from offset {open_at}")

@@ -320,9 +320,9 @@ def test_records_validate_against_the_published_schema() -> None:
 
 
 def test_feature_row_matches_the_feast_drift_view() -> None:
-    from features.cameras import camera_drift_fv
-
     from feast.types import Bool, Int64, String
+
+    from features.cameras import camera_drift_fv
 
     # Given a drift record that flagged something (frozen frames: one fingerprint)
     rng = np.random.default_rng(10)

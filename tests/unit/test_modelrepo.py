@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -254,3 +255,101 @@ def test_settings_use_the_served_versions_own_labels_and_profile(tmp_path: Path)
     )
     empty = Settings(model_repo=repo, model_name="absent")
     assert empty.labels_path == repo / "absent" / "labels.txt"
+
+
+# Serving: default version and version policy ----------------------------------------
+
+
+def _served_repo(tmp_path: Path, *versions: int) -> Path:
+    """A repository with one model installed at ``versions`` (real install_version)."""
+    repo = tmp_path / "repo"
+    for number in versions:
+        modelrepo.install_version(repo, "fashion", number, **_sources(tmp_path, f"v{number}"))
+    return repo
+
+
+def test_the_default_version_is_serving_json_else_the_latest_folder(tmp_path: Path) -> None:
+    # Given a model with versions 1 and 3 and no serving.json
+    repo = _served_repo(tmp_path, 1, 3)
+    # Then the default is the latest folder; a model without versions has none
+    assert modelrepo.default_version(repo, "fashion") == 3
+    assert modelrepo.default_version(repo, "absent") is None
+    # When version 1 is made the default
+    modelrepo.write_default_version(repo, "fashion", 1)
+    # Then serving.json says so, and the default is 1 although 3 is the latest
+    assert json.loads(modelrepo.serving_path(repo, "fashion").read_text()) == {"version": 1}
+    assert modelrepo.default_version(repo, "fashion") == 1
+    assert [p.name for p in (repo / "fashion").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_default_naming_a_missing_folder_falls_back_to_the_latest(tmp_path: Path) -> None:
+    repo = _served_repo(tmp_path, 1, 2)
+    modelrepo.serving_path(repo, "fashion").write_text('{"version": 7}')
+    assert modelrepo.default_version(repo, "fashion") == 2
+    modelrepo.serving_path(repo, "fashion").write_text("{not json")
+    assert modelrepo.default_version(repo, "fashion") == 2
+
+
+def test_writing_a_default_for_a_version_not_installed_is_refused(tmp_path: Path) -> None:
+    repo = _served_repo(tmp_path, 1)
+    with pytest.raises(ConfigError, match=r"version 4 .* has versions \[1\]; install it"):
+        modelrepo.write_default_version(repo, "fashion", 4)
+    assert not modelrepo.serving_path(repo, "fashion").exists()
+
+
+def test_set_version_policy_adds_then_rewrites_the_policy_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    # Given the config install_version writes (no policy: Triton's latest 1)
+    repo = _served_repo(tmp_path, 1, 2, 3)
+    config = repo / "fashion" / modelrepo.CONFIG_FILE
+    before = config.read_text()
+    assert modelrepo.version_policy(repo, "fashion") is None
+    assert modelrepo.loaded_versions(repo, "fashion") == [3]
+    # When the policy is set to versions 2 and 1 (any order, duplicates)
+    modelrepo.set_version_policy(repo, "fashion", [2, 1, 2])
+    # Then it reads back sorted, and every line of the original config is still there
+    assert modelrepo.version_policy(repo, "fashion") == [1, 2]
+    assert modelrepo.loaded_versions(repo, "fashion") == [1, 2]
+    after = config.read_text()
+    assert after.startswith(before.rstrip("\n"))
+    assert "version_policy: { specific: { versions: [ 1, 2 ] } }" in after
+    # When it is set again, the one policy is replaced in place, not added twice
+    modelrepo.set_version_policy(repo, "fashion", [3])
+    text = config.read_text()
+    assert text.count("version_policy") == 1
+    assert modelrepo.version_policy(repo, "fashion") == [3]
+    assert text.replace("[ 3 ]", "[ 1, 2 ]") == after
+
+
+def test_version_policy_reads_triton_forms_and_ignores_comments_and_nested_fields(
+    tmp_path: Path,
+) -> None:
+    repo = _served_repo(tmp_path, 1, 2, 3)
+    config = repo / "fashion" / modelrepo.CONFIG_FILE
+    base = config.read_text()
+    forms = {
+        "version_policy { all { } }": [1, 2, 3],
+        "version_policy: { latest: { num_versions: 2 } }": [2, 3],
+        "version_policy {\n  specific {\n    versions: 1\n    versions: 3\n  }\n}": [1, 3],
+        '# version_policy { all { } }\nparameters { key: "version_policy { all {} }" }': None,
+    }
+    for form, expected in forms.items():
+        config.write_text(base + "\n" + form + "\n")
+        assert modelrepo.version_policy(repo, "fashion") == expected, form
+    # a policy inside a nested message is not the model's
+    config.write_text(base + "\nensemble_scheduling { version_policy { all { } } }\n")
+    assert modelrepo.version_policy(repo, "fashion") is None
+    # rewriting keeps the comment and the nested field untouched
+    config.write_text(base + "\n# keep me\nversion_policy { all { } }\n# and me\n")
+    modelrepo.set_version_policy(repo, "fashion", [2])
+    text = config.read_text()
+    assert "# keep me\nversion_policy: { specific: { versions: [ 2 ] } }\n# and me" in text
+
+
+def test_set_version_policy_refuses_no_versions_and_a_missing_config(tmp_path: Path) -> None:
+    repo = _served_repo(tmp_path, 1)
+    with pytest.raises(ConfigError, match="at least one version"):
+        modelrepo.set_version_policy(repo, "fashion", [])
+    with pytest.raises(ConfigError, match=r"config\.pbtxt is missing"):
+        modelrepo.set_version_policy(repo, "absent", [1])
