@@ -419,11 +419,24 @@ class Settings(BaseSettings):
     def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a child process that must run with these settings: ``base``
         (default: this process's environment) without its own ``CAMSTREAM_*`` variables
-        (a settings file included: its values are in ``to_env()``), plus ``to_env()``."""
+        (a settings file included: its values are in ``to_env()``), plus ``to_env()``.
+
+        Prometheus' multiprocess variables are dropped: ``import feast`` sets them in
+        the importing process, and a child that inherits them runs prometheus_client in
+        multiprocess mode, which serves nothing of its own and shares one global lock."""
         inherited = os.environ if base is None else base
-        env = {k: v for k, v in inherited.items() if not k.startswith(ENV_PREFIX)}
+        env = {
+            k: v
+            for k, v in inherited.items()
+            if not k.startswith(ENV_PREFIX) and k.lower() not in PROMETHEUS_MULTIPROCESS_VARS
+        }
         env.update(self.to_env())
         return env
+
+
+PROMETHEUS_MULTIPROCESS_VARS = frozenset(
+    {"prometheus_multiproc_dir", "prometheus_multiprocess_dir"}
+)
 
 
 def _env_value(name: str, value: Any) -> str:

@@ -9,6 +9,7 @@ Faust in streams.exactly_once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import ssl
@@ -156,6 +157,7 @@ def build_app(settings: Settings) -> faust.App:
     async def _every_second() -> None:
         await worker.tick(time.time_ns() // 1_000_000)
         _update_lag(app, settings.frames_topic)
+        record_gc_pauses()
 
     @app.timer(interval=settings.feature_push_interval_s)  # type: ignore[untyped-decorator]
     async def _push_features() -> None:
@@ -182,12 +184,25 @@ def _freeze_startup_heap() -> None:
     started = [0.0]
 
     def timed(phase: str, info: dict[str, int]) -> None:
+        # No prometheus_client call here: a collection can start while this thread holds
+        # a metric's (non-reentrant) lock, and observing then deadlocks the worker. The
+        # pauses wait in a list that ``record_gc_pauses`` drains from the timer.
         if phase == "start":
             started[0] = time.perf_counter()
         else:
-            GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+            _GC_PAUSES.append((info["generation"], time.perf_counter() - started[0]))
 
     gc.callbacks.append(timed)
+
+
+_GC_PAUSES: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
+
+
+def record_gc_pauses() -> None:
+    """Observe the collector pauses measured since the last call (outside any gc run)."""
+    while _GC_PAUSES:
+        generation, seconds = _GC_PAUSES.popleft()
+        GC_PAUSE.labels(str(generation)).observe(seconds)
 
 
 def _update_lag(app: faust.App, topic: str) -> None:

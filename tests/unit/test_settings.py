@@ -179,3 +179,17 @@ def test_local_stack_children_get_the_stacks_own_settings(tmp_path: Path) -> Non
     assert env["CAMSTREAM_MODEL_REPO"] == str(tmp_path / "models")
     assert env["CAMSTREAM_DELIVERY"] == "exactly_once"
     assert env["CAMSTREAM_METRICS_PORT"] == "9999"
+
+
+def test_child_env_drops_prometheus_multiprocess_variables(tmp_path: Path) -> None:
+    # Given a parent that imported feast (which sets prometheus' multiprocess variables)
+    base = {
+        "PATH": "/usr/bin",
+        "PROMETHEUS_MULTIPROC_DIR": "/tmp/x",
+        "prometheus_multiproc_dir": "/tmp/x",
+        "PROMETHEUS_MULTIPROCESS_DIR": "/tmp/x",
+    }
+    # Then a child runs prometheus_client in its normal, single-process mode
+    env = Settings(state_dir=tmp_path).child_env(base)
+    assert env["PATH"] == "/usr/bin"
+    assert not {k for k in env if "multiproc" in k.lower()}
