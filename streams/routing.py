@@ -15,6 +15,7 @@ are looked up again at most once a second (``serving.json`` changes under a prom
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,15 +29,16 @@ from streams.drift_stats import ReferenceProfile
 from streams.pipeline import load_labels
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Route:
     """One version of one model: where a camera's frames go."""
 
     model: str
     version: int
 
-    @property
+    @functools.cached_property
     def ref(self) -> ModelRef:
+        """As records name it (made once per route, not once per frame)."""
         return ModelRef(name=self.model, version=str(self.version))
 
     def __str__(self) -> str:

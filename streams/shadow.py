@@ -141,9 +141,8 @@ class ShadowLane:
         started = time.perf_counter()
         try:
             probs = await self._classify(images, candidate.model, str(candidate.version))
+            self._router.check_classes(candidate, probs.shape[1])
             labels = self._router.labels(candidate)
-            if probs.shape[1] != len(labels):
-                self._router.check_classes(candidate, probs.shape[1])
         except (CamstreamError, FrameRejected) as exc:
             log.warning("shadow.failed", candidate=str(candidate), error=str(exc)[:300])
             for frame in frames:

@@ -243,16 +243,21 @@ class FrameWorker:
         """Route each decoded frame by its camera's features and classify every group
         at its pinned version, the groups at once; returns the seconds it took.
         Frames whose route cannot be served go to ``batch.rejected``."""
-        groups: dict[Route, list[int]] = {}
-        for index, (event, frame) in enumerate(batch.frames):
-            features, _status = batch.features[frame.headers.camera_id]
+        routes: dict[str, Route | FrameRejected] = {}  # per camera: its features route it
+        for camera_id, (features, _status) in batch.features.items():
             try:
                 route = self.router.resolve(features)
                 self.router.labels(route)
+                routes[camera_id] = route
             except FrameRejected as exc:
-                batch.rejected.append((event, exc))
-                continue
-            groups.setdefault(route, []).append(index)
+                routes[camera_id] = exc
+        groups: dict[Route, list[int]] = {}
+        for index, (event, frame) in enumerate(batch.frames):
+            routed = routes[frame.headers.camera_id]
+            if isinstance(routed, FrameRejected):
+                batch.rejected.append((event, routed))
+            else:
+                groups.setdefault(routed, []).append(index)
         if not groups:
             batch.frames = []
             return 0.0
@@ -373,16 +378,21 @@ class FrameWorker:
             return out
         now_ms = time.time_ns() // 1_000_000
         observations = []
+        # The features a prediction carries: the camera's, less its routing (``model``).
+        published = {
+            cid: {k: v for k, v in features.items() if k not in ROUTING_COLUMNS}
+            for cid, (features, _status) in batch.features.items()
+        }
         for (event, frame), route, row in zip(batch.frames, batch.routes, batch.probs, strict=True):
             h = frame.headers
-            features, status = batch.features[h.camera_id]
+            _features, status = batch.features[h.camera_id]
             timestamp = event.message.timestamp
             prediction = build_prediction(
                 h,
                 row,
                 self.router.labels(route),
                 model=route.ref,
-                features={k: v for k, v in features.items() if k not in ROUTING_COLUMNS},
+                features=published[h.camera_id],
                 enrichment=status,
                 default_threshold=c.default_threshold,
                 k=c.top_k,
