@@ -11,6 +11,11 @@ packages=(
     gstreamer1.0-plugins-base
     gstreamer1.0-plugins-good
     gstreamer1.0-plugins-ugly
+    # the live view's browser tests (headless Chromium, driven through chromedriver)
+    chromium
+    chromium-driver
+    # `camstream up --prometheus` and the alert-rule tests: a real Prometheus, promtool
+    prometheus
 )
 
 missing=()

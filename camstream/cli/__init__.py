@@ -13,6 +13,7 @@ module per subject:
 - collect: ``collect`` (frames from Kafka with point-in-time Feast features);
 - train: ``train``; evaluate: ``evaluate`` (both run in the model environment);
 - bench: ``bench pipeline|producer|drift|train``;
+- view: ``view`` (the live view in a browser: camstream.view);
 - common: settings and logging, signals, output, and the error boundary: a ConfigError
   ends the command with its message and exit 2, any other CamstreamError with exit 1.
 """
@@ -30,6 +31,7 @@ from camstream.cli import (
     stack,
     topics,
     train,
+    view,
 )
 from camstream.cli.common import new_app
 
@@ -46,6 +48,7 @@ for commands in (
     collect.app,
     train.app,
     evaluate.app,
+    view.app,
 ):
     app.add_typer(commands)
 app.add_typer(models.drift_app, name="drift")
