@@ -122,7 +122,7 @@ def upsert_cameras(store: FeatureStore, cameras: list[CameraSpec]) -> None:
 
 def update_cameras(store: FeatureStore, updates: dict[str, dict[str, Any]]) -> None:
     """Change some metadata of registered cameras (only the columns given; the rest
-    stays) and materialize it online: how promote, rollback and shadow route cameras.
+    stays) and write it online: how promote, rollback and shadow route cameras.
     Raises ConfigError naming any camera that is not registered, changing nothing."""
     path = Path(store.repo_path) / META_FILE
     with _meta_lock(path):
@@ -155,8 +155,13 @@ def _update(store: FeatureStore, path: Path, updates: dict[str, dict[str, Any]])
         )
     # A new row, not an edit: point-in-time reads (collect) of earlier frames still see
     # the metadata as it was then.
-    _write_meta(path, pd.concat([rows, pd.DataFrame(added)], ignore_index=True))
-    materialize_all(store)
+    changed = pd.DataFrame(added)
+    _write_meta(path, pd.concat([rows, changed], ignore_index=True))
+    # Straight to the online store, not materialize(): that puts the view in state
+    # MATERIALIZING and rewrites the registry, and every worker read fails meanwhile.
+    for column in FLOAT32_COLUMNS:
+        changed[column] = changed[column].astype("float32")
+    store.write_to_online_store(META_VIEW, changed)
 
 
 def _latest(rows: pd.DataFrame) -> pd.DataFrame:

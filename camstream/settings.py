@@ -280,6 +280,13 @@ class Settings(BaseSettings):
     # Every long-running process serves Prometheus metrics; 0 picks a free port.
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # The live view (`camstream view`): binding anything but loopback needs the token.
+    view_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="Token every request to the live view must carry (16+ characters).",
+    )
+
     # The model lifecycle
     datasets_dir: Path | None = Field(
         default=None, description="Datasets (a folder each); default <state_dir>/datasets."

@@ -113,7 +113,7 @@ def build_app(settings: Settings) -> faust.App:
     send: Send = plain_send
     publish_guard = asyncio.Lock()
     if settings.delivery == "exactly_once":
-        send = exactly_once.install(app, settings.frames_topic, publish_guard)
+        send = exactly_once.install(app, settings, publish_guard)
 
     crashing: set[asyncio.Task[None]] = set()  # a strong reference until it is done
 

@@ -12,7 +12,14 @@ make it hold (tests/integration/test_worker_exactly_once.py):
 - a commit never runs between a batch's records and its acks (``guard_commits``: the
   commit takes the worker's publish guard);
 - every rebalance starts fresh transactional producers (``fresh_transactions``: Faust
-  would keep producers that another worker fenced).
+  would keep producers that another worker fenced);
+- after a rebalance the consumer starts from *stable* committed offsets
+  (``stable_offsets``): a transaction's offsets become readable only once the broker
+  has written its commit markers, after the commit returns; aiokafka's OffsetFetch
+  (v3) cannot ask to wait for them (KIP-447's require_stable), so a worker given a
+  partition a moment after its previous owner committed read the offset from before
+  that commit and classified the batch again (duplicates under load). librdkafka asks
+  for stable offsets with ``isolation.level=read_committed``, so a seek waits for it.
 
 These patch Faust internals. ``check_internals`` names every one this module (and the
 consumer-lag gauge in streams.app) relies on, and fails loudly, naming the missing
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -49,6 +57,8 @@ PRODUCER_INTERNALS = (
     ("begin_transaction", True),
 )
 CONSUMER_INTERNALS = (("_committed_offset", False),)
+CONSUMER_CLASS_INTERNALS = (("seek_to_committed", True),)
+STABLE_OFFSETS_TIMEOUT_S = 30.0
 
 
 def check_internals(app: faust.App, *, consumer: bool = True) -> None:
@@ -60,14 +70,18 @@ def check_internals(app: faust.App, *, consumer: bool = True) -> None:
     not declared yet); the app checks those once its agent runs.
     """
     missing = []
-    owners: list[tuple[Any, tuple[tuple[str, bool], ...]]] = [(app.producer, PRODUCER_INTERNALS)]
+    owners: list[tuple[Any, tuple[tuple[str, bool], ...]]] = [
+        (app.producer, PRODUCER_INTERNALS),
+        (app.transport.Consumer, CONSUMER_CLASS_INTERNALS),
+    ]
     if consumer:
         owners.append((app.consumer, CONSUMER_INTERNALS))
     for owner, names in owners:
         for name, coroutine in names:
             value = getattr(owner, name, None)
             if value is None or (coroutine and not inspect.iscoroutinefunction(value)):
-                missing.append(f"{type(owner).__qualname__}.{name}")
+                kind = owner if isinstance(owner, type) else type(owner)
+                missing.append(f"{kind.__qualname__}.{name}")
     if missing:
         raise ServiceError(
             f"faust-streaming {faust.__version__} lacks internals that camstream's "
@@ -76,12 +90,14 @@ def check_internals(app: faust.App, *, consumer: bool = True) -> None:
         )
 
 
-def install(app: faust.App, frames_topic: str, guard: asyncio.Lock) -> Send:
-    """Apply the commit guard and fresh transactions; returns the transactional send."""
+def install(app: faust.App, settings: Settings, guard: asyncio.Lock) -> Send:
+    """Apply the commit guard, fresh transactions and stable offsets; returns the
+    transactional send."""
     check_internals(app, consumer=False)
     guard_commits(app, guard)
     fresh_transactions(app)
-    return transactional_send(app, frames_topic)
+    stable_offsets(app, settings)
+    return transactional_send(app, settings.frames_topic)
 
 
 def transactional_send(app: faust.App, frames_topic: str) -> Send:
@@ -163,6 +179,54 @@ def fresh_transactions(app: faust.App) -> None:
         await producer.begin_transaction(transactional_id)
 
     producer.maybe_begin_transaction = restart
+
+
+def stable_offsets(app: faust.App, settings: Settings) -> None:
+    """Make every seek to committed offsets (Faust's after each rebalance) wait until the
+    group's offsets for the assigned partitions are stable: no transaction that commits
+    offsets for them is pending. The consumer class is swapped before Faust makes the
+    consumer (touching ``app.consumer`` here would make it too early)."""
+    transport: Any = app.transport
+    base: type[Any] = transport.Consumer
+    group = app.conf.id
+
+    class StableOffsetsConsumer(base):  # type: ignore[misc]
+        async def seek_to_committed(self) -> Any:
+            partitions = [(tp.topic, tp.partition) for tp in self.assignment()]
+            if partitions:
+                await asyncio.to_thread(wait_for_stable_offsets, settings, group, partitions)
+            return await super().seek_to_committed()
+
+    transport.Consumer = StableOffsetsConsumer
+
+
+def wait_for_stable_offsets(
+    settings: Settings,
+    group: str,
+    partitions: Iterable[tuple[str, int]],
+    timeout_s: float = STABLE_OFFSETS_TIMEOUT_S,
+) -> dict[tuple[str, int], int]:
+    """Block until ``group``'s committed offsets for ``partitions`` are stable (librdkafka
+    retries OffsetFetch while the broker answers UNSTABLE_OFFSET_COMMIT); returns them
+    (negative: none committed)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    config = {"group.id": group, "isolation.level": "read_committed"}
+    consumer = Consumer(settings.kafka_client_config(**config, **{"enable.auto.commit": False}))
+    try:
+        committed = consumer.committed(
+            [TopicPartition(topic, partition) for topic, partition in partitions],
+            timeout=timeout_s,
+        )
+        return {(tp.topic, tp.partition): tp.offset for tp in committed}
+    except KafkaException as exc:
+        raise ServiceError(
+            f"the committed offsets of consumer group {group} did not become stable in "
+            f"{timeout_s:.0f} s ({exc}); a transaction that commits them "
+            "is still open: the worker restarts and reads them again"
+        ) from exc
+    finally:
+        consumer.close()
 
 
 def committed_offsets(app: faust.App) -> dict[Any, int]:

@@ -82,9 +82,11 @@ def view(
     from camstream.observability import serve_metrics
     from camstream.view.launch import check_bind
 
-    token = token or None  # CAMSTREAM_VIEW_TOKEN= (empty) means no token
+    base = settings()
+    # CAMSTREAM_VIEW_TOKEN= (empty) means no token; a settings file may name one too
+    token = token or base.view_token or None
     check_bind(host, token)  # before anything is started
-    config, repo, source = joined_settings(settings(), bootstrap)
+    config, repo, source = joined_settings(base, bootstrap)
     from camstream.view.server import ViewConfig, serve
 
     stop_event()  # SIGTERM/SIGINT stop the server (uvicorn's handlers, ours after them)

@@ -150,7 +150,7 @@ class LocalStack:
             self.state_dir / "kafka", self.logs_dir, cache_dir=s.cache_dir
         ).start()
         self.kafka.create_topics(
-            [s.frames_topic, s.predictions_topic, s.drift_topic, s.dlq_topic],
+            list(s.topics),
             partitions=s.topic_partitions,
             replication_factor=s.topic_replication_factor,
         )

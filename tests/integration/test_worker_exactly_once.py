@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from camstream.errors import ServiceError
 from camstream.settings import Settings
 from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
+from streams import exactly_once
 from tests.support.faults import kill_and_restart_worker, kill_worker
 from tests.support.stack import Feed, Stack, metric_sum, prediction_counts, predictions_of
 
@@ -252,3 +254,34 @@ def test_exactly_once_stops_a_worker_whose_output_topic_has_too_few_partitions(
         f"needs {prefix}predictions to have at least as many partitions as "
         f"{prefix}frames (4), it has 1" in result.stderr
     ), result.stderr[-3000:]
+
+
+def test_a_seek_after_a_rebalance_waits_for_offsets_a_transaction_is_committing(
+    eos: tuple[Stack, LocalStack],
+) -> None:
+    _stack, local = eos
+    settings = local.child_settings()
+    group = f"stable-{os.getpid()}-{time.monotonic_ns()}"
+    topic = settings.frames_topic
+    bootstrap = settings.kafka_bootstrap
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": group})
+    producer.init_transactions(30)
+    try:
+        # Given a transaction that commits the group's offset of partition 0, still open
+        producer.begin_transaction()
+        producer.send_offsets_to_transaction(
+            [TopicPartition(topic, 0, 7)], member.consumer_group_metadata(), 30
+        )
+        # When the next owner of the partition asks where to start, it is told to wait
+        with pytest.raises(ServiceError, match="did not become stable"):
+            exactly_once.wait_for_stable_offsets(settings, group, [(topic, 0)], 3.0)
+        # Then, once the transaction commits, it reads the offset that transaction wrote
+        producer.commit_transaction(30)
+        started = time.monotonic()
+        assert exactly_once.wait_for_stable_offsets(settings, group, [(topic, 0)]) == {
+            (topic, 0): 7
+        }
+        assert time.monotonic() - started < 5
+    finally:
+        member.close()

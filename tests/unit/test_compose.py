@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -579,3 +580,40 @@ def test_services_wait_only_on_dependencies_that_can_report_it(
                 assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
             if condition == "service_completed_successfully":
                 assert services[dependency].get("restart", "no") == "no"
+
+
+def test_every_published_port_binds_loopback_unless_overridden(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Given the compose file resolved with no override (CAMSTREAM_PUBLISH_ADDRESS unset)
+    published = []
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            spec = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port}"
+            resolved = re.sub(r"\$\{CAMSTREAM_PUBLISH_ADDRESS:-([^}]*)\}", r"\1", spec)
+            published.append((name, resolved))
+    # Then every port is published, and only on 127.0.0.1: Kafka (PLAINTEXT, no auth),
+    # Redis (no password), Triton, Prometheus, Grafana and the view stay off the network
+    assert {name for name, _ in published} >= {"kafka", "triton", "redis", "grafana", "view"}
+    exposed = [(name, spec) for name, spec in published if not spec.startswith("127.0.0.1:")]
+    assert not exposed, f"ports bound beyond loopback by default: {exposed}"
+
+
+def test_grafana_refuses_to_start_on_the_default_admin_password(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    script = grafana["entrypoint"][-1].replace("$$", "$")
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    for password, refused in (("", True), ("admin", True), ("s3cret-enough", False)):
+        # When the entrypoint runs with that password (exec of the real server replaced)
+        result = subprocess.run(
+            ["/bin/sh", "-c", script.replace("exec /run.sh", "exit 0")],
+            env={"GF_SECURITY_ADMIN_PASSWORD": password, "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # Then it stops with the fix named, or goes on to the server
+        assert (result.returncode != 0) == refused, (password, result.stderr)
+        assert ("set GRAFANA_ADMIN_PASSWORD" in result.stderr) == refused
