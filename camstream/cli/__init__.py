@@ -9,10 +9,11 @@ module per subject:
 - topics: ``tail``, ``schemas``;
 - cameras: ``cameras add|list|remove``;
 - models: ``export``, ``drift baseline``, ``models list|show``, ``promote``;
+- rollout: ``rollback``, ``shadow start|stop|status`` (the live rollout is camstream.rollout);
 - datasets: ``datasets fetch|list|show``, ``label import|import-folder``;
 - collect: ``collect`` (frames from Kafka with point-in-time Feast features);
 - train: ``train``; evaluate: ``evaluate`` (both run in the model environment);
-- bench: ``bench pipeline|producer|drift|train``;
+- bench: ``bench pipeline|producer|drift|train|rollout|view``;
 - view: ``view`` (the live view in a browser: camstream.view);
 - common: settings and logging, signals, output, and the error boundary: a ConfigError
   ends the command with its message and exit 2, any other CamstreamError with exit 1.
@@ -27,6 +28,7 @@ from camstream.cli import (
     datasets,
     evaluate,
     models,
+    rollout,
     run,
     stack,
     topics,
@@ -45,6 +47,7 @@ for commands in (
     run.app,
     topics.app,
     models.app,
+    rollout.app,
     collect.app,
     train.app,
     evaluate.app,

@@ -94,3 +94,46 @@ def train(
     )
     figures = run(settings(), config)
     out(json.dumps(figures) if as_json else table(figures))
+
+
+@app.command("rollout")
+def rollout(
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to promote, then roll back.")],
+    camera: Annotated[
+        list[str], typer.Option("--camera", help="Registered cameras that publish (repeat).")
+    ],
+    shadow: Annotated[
+        str, typer.Option(help="MODEL:VERSION that shadows the first camera (default: REF).")
+    ] = "",
+    fps: Annotated[float, typer.Option(help="Frames per second per camera.")] = 4.0,
+    shadow_s: Annotated[float, typer.Option(help="Seconds with the shadow off, then on.")] = 8.0,
+    as_json: AsJson = False,
+) -> None:
+    """On the running stack: frames failed, late and missing during a promote and a
+    rollback (goal 0), the time to every camera switched, and the champion's p50/p99
+    with the shadow off vs on."""
+    from benchmarks.rollout import RolloutBenchConfig, run, table
+
+    config = RolloutBenchConfig(
+        ref=ref, cameras=tuple(camera), shadow_ref=shadow, fps=fps, shadow_s=shadow_s
+    )
+    figures = run(settings(), config)
+    out(json.dumps(figures) if as_json else table(figures))
+
+
+@app.command("view")
+def view(
+    cameras: Annotated[int, typer.Option(help="Cameras publishing at once.")] = 32,
+    clients: Annotated[int, typer.Option(help="Pages (event streams) open at once.")] = 20,
+    duration_s: Annotated[float, typer.Option(help="Seconds of load measured.")] = 60.0,
+    fps: Annotated[float, typer.Option(help="Frames per second per camera.")] = 1.0,
+    as_json: AsJson = False,
+) -> None:
+    """The live view under load on a local stack: event latency (prediction published to
+    tile update, p50/p99) with many cameras and pages open, and the view's memory."""
+    from benchmarks.view import bench_view, table
+
+    figures = bench_view(
+        settings(), cameras=cameras, clients=clients, duration_s=duration_s, fps=fps
+    )
+    out(json.dumps(figures) if as_json else table(figures))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,6 +18,7 @@ from camstream.cli.common import new_app, out, settings
 from camstream.settings import REPO_ROOT
 
 if TYPE_CHECKING:
+    from camstream import gate
     from camstream.registry import Registry, Version
     from camstream.settings import Settings
 
@@ -149,9 +152,23 @@ def show(
         )
 
 
+Cameras = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--camera", help="Only these cameras (repeat the flag); default: the whole model."
+    ),
+]
+WaitS = Annotated[
+    float, typer.Option(help="Wait this long for another rollout's lock, then refuse.")
+]
+LoadTimeoutS = Annotated[
+    float, typer.Option(help="Longest Triton may take to load the versions, then roll back.")
+]
+
+
 @app.command()
 def promote(
-    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to make the champion.")],
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to put on the cameras.")],
     force: Annotated[
         bool, typer.Option(help="Promote even if the gate refuses (needs --reason).")
     ] = False,
@@ -162,32 +179,158 @@ def promote(
         float, typer.Option(help="How much the gate metric must beat champion and baselines.")
     ] = 0.01,
     alpha: Annotated[float, typer.Option(help="McNemar's significance level.")] = 0.05,
+    camera: Cameras = None,
+    wait_s: WaitS = 0.0,
+    watch_s: Annotated[
+        float, typer.Option(help="Watch the new version this long after the switch; 0: no watch.")
+    ] = 60.0,
+    canary_tolerance: Annotated[
+        float, typer.Option(help="Largest live-vs-offline top-1 probability difference.")
+    ] = 0.02,
+    max_latency_ms: Annotated[
+        float, typer.Option(help="Watch: mean request latency that rolls the version back.")
+    ] = 500.0,
+    max_error_rate: Annotated[
+        float, typer.Option(help="Watch: share of failed requests that rolls it back.")
+    ] = 0.01,
+    load_timeout_s: LoadTimeoutS = 120.0,
+    no_live: Annotated[
+        bool,
+        typer.Option("--no-live", help="Gate and install only: what serves does not change."),
+    ] = False,
 ) -> None:
-    """Make MODEL:VERSION the champion if it passes the gate (it beats the champion by the
-    margin with McNemar's test on the same test images, and the baselines), and install
-    it into the Triton repository as version VERSION with its labels and drift profile.
-    A refusal prints the reasons, exits 1, records the refusal in the history and
-    changes nothing else."""
-    from camstream import gate
-    from camstream.errors import CamstreamError
+    """Put MODEL:VERSION on the cameras: the gate (it must beat the champion by the margin
+    with McNemar's test on the same test images, and the baselines), the install into
+    the Triton repository, then, when Triton answers, the live rollout: load it beside
+    the version serving, a canary of its own evaluation images through the live server,
+    the switch (the model's default, or --camera's routes in Feast), the drain and
+    unload of the old version, and a watch that rolls it back by itself. A refusal at
+    any step prints the reason, exits 1, is recorded in the histories and leaves the
+    old version serving. A model outside the registry (the pretrained one) can be
+    routed to; it has no gate and no canary."""
     from camstream.registry import Registry
 
+    started = time.monotonic()
     if force and not reason:
         raise typer.BadParameter(
             "--force needs --reason TEXT for the history", param_hint="--reason"
         )
-    if ":" not in ref:
-        raise typer.BadParameter(f"name the version to promote: {ref}:NUMBER", param_hint="REF")
+    model, _, number_text = ref.partition(":")
+    number = modelrepo.version_number(number_text)
+    if number is None:
+        raise typer.BadParameter(f"name the version to promote: {model}:NUMBER", param_hint="REF")
     config = settings()
     registry = Registry(config.registry_path)
-    candidate = registry.resolve(ref)
-    aliases = registry.aliases(candidate.model)
-    champion_number = aliases.get(CHAMPION)
-    if champion_number == candidate.number:
-        out(f"{candidate.ref} is already the champion; nothing changed")
+    cameras = list(camera or [])
+    command = " ".join(["camstream promote", ref, *(f"--camera {c}" for c in cameras)])
+    if model not in registry.models() and (config.model_repo / model / str(number)).is_dir():
+        out(f"{ref} is not in the registry: routing to the installed version (no gate, no canary)")
+        _promote_rollout(
+            config,
+            registry,
+            model,
+            number,
+            cameras,
+            None,
+            command,
+            started,
+            RolloutOptions(
+                wait_s,
+                watch_s,
+                canary_tolerance,
+                max_latency_ms,
+                max_error_rate,
+                load_timeout_s,
+                no_live,
+            ),
+            None,
+        )
         return
+    candidate = registry.resolve(ref)
+    champion_number = registry.aliases(candidate.model).get(CHAMPION)
+    already = champion_number == candidate.number
+    serving = modelrepo.default_version(config.model_repo, model)
+    if already and not cameras and serving == candidate.number:
+        out(f"{candidate.ref} is already the champion and the default version; nothing changed")
+        return
+    set_champion: Callable[[], None] | None = None
+    if already:
+        out(f"{candidate.ref} is the champion already (the gate passed then)")
+    else:
+        decision, against = _gate(
+            registry, config, candidate, champion_number, force, margin, alpha
+        )
+        metrics = {
+            **decision.metrics,
+            "gate": "accepted" if decision.accepted else "refused",
+            "gate_reasons": decision.reasons,
+            "digest": candidate.digest,
+        }
+        why = reason or f"passed the gate against {against}"
+        if not cameras:
+
+            def set_champion() -> None:
+                registry.set_alias(
+                    candidate.model, CHAMPION, candidate.number, why, metrics, forced=force
+                )
+                was = f" (was {model}:{champion_number})" if champion_number else ""
+                history = registry.root / model / "history.jsonl"
+                out(f"champion of {model} is now {candidate.ref}{was}; recorded in {history}")
+
+        if decision.accepted:
+            out(f"{candidate.ref} passed the gate against {against}")
+        else:
+            out(f"{candidate.ref} forced past the gate ({why}); the gate said:")
+            for line in decision.reasons:
+                out(f"  - {line}")
+    _promote_rollout(
+        config,
+        registry,
+        model,
+        number,
+        cameras,
+        candidate,
+        command,
+        started,
+        RolloutOptions(
+            wait_s,
+            watch_s,
+            canary_tolerance,
+            max_latency_ms,
+            max_error_rate,
+            load_timeout_s,
+            no_live,
+        ),
+        set_champion,
+    )
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    wait_s: float
+    watch_s: float
+    canary_tolerance: float
+    max_latency_ms: float
+    max_error_rate: float
+    load_timeout_s: float
+    no_live: bool
+
+
+def _gate(
+    registry: Registry,
+    config: Settings,
+    candidate: Version,
+    champion_number: int | None,
+    force: bool,
+    margin: float,
+    alpha: float,
+) -> tuple[gate.Decision, str]:
+    """Today's gate: the decision, or a refusal recorded in the history (exit 1)."""
+    from camstream import gate as gates
+    from camstream.errors import CamstreamError
+
     cand_report = candidate.report()
-    cand_preds = gate.read_predictions(candidate.path / EVALUATION / "predictions.jsonl")
+    cand_preds = gates.read_predictions(candidate.path / EVALUATION / "predictions.jsonl")
     champ_report = champ_preds = None
     gate_error = ""
     if champion_number is not None:
@@ -201,9 +344,9 @@ def promote(
                 raise
             gate_error = str(exc)
     if gate_error:
-        decision = gate.Decision(False, [f"no gate: {gate_error}"], {"gate_error": gate_error})
+        decision = gates.Decision(False, [f"no gate: {gate_error}"], {"gate_error": gate_error})
     else:
-        decision = gate.decide(
+        decision = gates.decide(
             cand_report, champ_report, cand_preds, champ_preds, margin=margin, alpha=alpha
         )
     against = f"the champion {candidate.model}:{champion_number}"
@@ -222,38 +365,125 @@ def promote(
             "history (override with --force --reason TEXT)"
         )
         raise typer.Exit(1)
+    return decision, against
 
-    installed = modelrepo.install_version(
-        config.model_repo,
-        candidate.model,
-        candidate.number,
-        onnx=candidate.path / "model.onnx",
-        labels=candidate.path / "labels.txt",
-        profile=candidate.path / "reference_profile.json",
-        model_py=GENERIC_MODEL_PY,
-    )
-    metrics = {
-        **decision.metrics,
-        "gate": "accepted" if decision.accepted else "refused",
-        "gate_reasons": decision.reasons,
-        "digest": candidate.digest,
-    }
-    why = reason or f"passed the gate against {against}"
-    registry.set_alias(candidate.model, CHAMPION, candidate.number, why, metrics, forced=force)
-    if decision.accepted:
-        out(f"{candidate.ref} passed the gate against {against}")
-    else:
-        out(f"{candidate.ref} forced past the gate ({why}); the gate said:")
-        for line in decision.reasons:
-            out(f"  - {line}")
-    previous = f" (was {candidate.model}:{champion_number})" if champion_number else ""
-    history = registry.root / candidate.model / "history.jsonl"
-    out(f"champion of {candidate.model} is now {candidate.ref}{previous}; recorded in {history}")
-    out(f"installed as Triton model {candidate.model} version {candidate.number}: {installed}")
-    out(
-        f"serve it with CAMSTREAM_MODEL_NAME={candidate.model} "
-        f"CAMSTREAM_MODEL_VERSION={candidate.number}"
-    )
+
+def _promote_rollout(
+    config: Settings,
+    registry: Registry,
+    model: str,
+    number: int,
+    cameras: list[str],
+    candidate: Version | None,
+    command: str,
+    started: float,
+    options: RolloutOptions,
+    set_champion: Callable[[], None] | None,
+) -> None:
+    """Lock, install, then the live rollout (or the switch on disk when no Triton
+    answers; nothing more with --no-live)."""
+    from camstream import rollout
+    from camstream.datasets import dataset_dir
+
+    ref = f"{model}:{number}"
+    routes = rollout.CameraRoutes(config.feast_repo_path)
+    try:
+        with rollout.rollout_lock(config.model_repo, options.wait_s, command):
+            rollout.pin_serving(config.model_repo, model)
+            before = rollout.read_fleet(config, routes)
+            switch = rollout.plan_promote(before, model, number, cameras or None)
+            snapshot = rollout.RepoSnapshot(config.model_repo, model, number)
+            canary = None
+            if candidate is not None:
+                installed = modelrepo.install_version(
+                    config.model_repo,
+                    model,
+                    number,
+                    onnx=candidate.path / "model.onnx",
+                    labels=candidate.path / "labels.txt",
+                    profile=candidate.path / "reference_profile.json",
+                    model_py=GENERIC_MODEL_PY,
+                )
+                out(f"installed as Triton model {model} version {number}: {installed}")
+                report = candidate.report()
+                canary = rollout.CanarySource(
+                    candidate.path / EVALUATION / "predictions.jsonl",
+                    dataset_dir(config.datasets_path, str(report.get("dataset") or "")),
+                    options.canary_tolerance,
+                )
+            if options.no_live:
+                if set_champion is not None:
+                    set_champion()
+                out(f"--no-live: what serves is unchanged; `camstream promote {ref}` puts it live")
+                return
+            triton = rollout.Triton(config.triton_grpc)
+            try:
+                if not triton.live():
+                    switched = rollout.switch_on_disk(
+                        config,
+                        routes,
+                        before,
+                        switch,
+                        {"action": "promote", "version": number, "command": command},
+                    )
+                    if set_champion is not None:
+                        set_champion()
+                    out(
+                        f"Triton at {config.triton_grpc} did not answer: {ref} is switched on "
+                        "disk (no canary); a server started on this repository serves it"
+                    )
+                    report_done(f"promoted {ref}", started, None, switched)
+                    return
+                scope = f"cameras {', '.join(cameras)}" if cameras else "the whole model"
+                out(f"rollout of {ref} to {scope} on Triton {config.triton_grpc}")
+                outcome = rollout.Rollout(
+                    config,
+                    triton,
+                    routes,
+                    out,
+                    command,
+                    registry,
+                    load_timeout_s=options.load_timeout_s,
+                ).promote(
+                    model,
+                    number,
+                    before,
+                    switch,
+                    snapshot,
+                    canary,
+                    rollout.WatchLimits(
+                        options.watch_s, options.max_latency_ms, options.max_error_rate
+                    ),
+                    set_champion or (lambda: None),
+                    started=started,
+                )
+            finally:
+                triton.close()
+    except rollout.RolloutRefused as refused:
+        if refused.reason.startswith("lock:"):
+            rollout.record_refusal(
+                config, registry, model, number, cameras, refused.reason, command
+            )
+        out(f"refused: {ref}: {refused}")
+        serving = modelrepo.default_version(config.model_repo, model)
+        if serving is not None:
+            out(f"  {model}:{serving} is still the default version and serving")
+        where = f"{config.registry_path / rollout.HISTORY_FILE}"
+        if model in registry.models():
+            where += f" and {registry.root / model / 'history.jsonl'}"
+        out(f"  recorded in {where}")
+        raise typer.Exit(1) from None
+    report_done(f"promoted {ref}", started, outcome.switched_after_s, outcome.switched)
+
+
+def report_done(
+    what: str, started: float, switched_after_s: float | None, switched: list[str]
+) -> None:
+    """The closing line: time taken (and to the switch) and the cameras switched."""
+    took = time.monotonic() - started
+    to_switch = f" (switched after {switched_after_s:.1f} s)" if switched_after_s else ""
+    cams = ", ".join(switched) if switched else "none (no camera routes to it yet)"
+    out(f"{what} in {took:.1f} s{to_switch}; cameras switched: {cams}")
 
 
 def _champion_evaluation(

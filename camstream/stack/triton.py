@@ -154,8 +154,10 @@ def _http_ok(url: str) -> bool:
 class TritonServer:
     """One tritonserver process serving ``model_repository`` on free local ports.
 
-    Use as a context manager, or call ``start()`` and ``stop()``. ``ready_models`` are
-    waited for after the server itself reports ready. A stopped server can be started
+    Use as a context manager, or call ``start()`` and ``stop()``. The server runs in
+    explicit model-control mode and loads every model of the repository at start (each
+    with the versions its ``version_policy`` names); ``ready_models`` are waited for
+    once the server is live. A stopped server can be started
     again: it comes back on the same ports (clients reconnect to the same address),
     serving ``model_repository`` as it is then.
     """
@@ -230,6 +232,11 @@ class TritonServer:
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
+            # Explicit model control: every model loads at start with the versions its
+            # on-disk version_policy names, and only load_model/unload_model change what
+            # serves (camstream.rollout), so a restart serves exactly the versions in use.
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--log-verbose=0",
         ]
         started = time.monotonic()
@@ -281,8 +288,10 @@ class TritonServer:
         self.stop()
 
     def _ready(self) -> bool:
+        # /v2/health/ready fails while any model loads in explicit mode (server issue
+        # #7014): liveness, then each awaited model's own readiness.
         base = f"http://{self.http_address}/v2"
-        return _http_ok(f"{base}/health/ready") and all(
+        return _http_ok(f"{base}/health/live") and all(
             _http_ok(f"{base}/models/{name}/ready") for name in self.ready_models
         )
 
