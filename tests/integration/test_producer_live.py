@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import cv2
 import pytest
+from confluent_kafka import KafkaException, Producer
+from structlog.testing import capture_logs
 
 from camstream.cameras import CameraSpec
 from camstream.settings import Settings
@@ -24,6 +28,7 @@ from camstream.stack.kafka import KafkaBroker
 from camstream.stack.process import free_port
 from producers.delivery import ProducerFatalError
 from producers.producer import ProducerStats, run_producers
+from producers.stats import DropReason
 from tests.support.live import FrameRecord, RtspServer, by_camera, read_frames
 from tests.support.mjpeg_server import MjpegServer
 
@@ -301,3 +306,120 @@ def test_sasl_wrong_credentials_are_refused_with_a_clear_error(
     assert "refused the producer's credentials" in proc.stderr
     assert "CAMSTREAM_KAFKA_CONFIG" in proc.stderr
     assert read_frames(broker.client_config(), settings.frames_topic) == []
+
+
+# -- delivery guarantees and the broker's message limit ----------------------------------
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    """A record batch header as the broker stored it (Kafka's RecordBatch v2)."""
+
+    partition: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    records: int
+
+
+def _stored_batches(broker: KafkaBroker, topic: str) -> list[LogBatch]:
+    """Every record batch in ``topic``'s log segments on the broker's disk, in order."""
+    batches = []
+    log_dirs = Path(broker.server_properties()["log.dirs"])
+    for folder in sorted(log_dirs.glob(f"{topic}-*")):
+        partition = int(folder.name.rsplit("-", 1)[1])
+        for segment in sorted(folder.glob("*.log")):
+            data, at = segment.read_bytes(), 0
+            while at + 61 <= len(data):
+                (length,) = struct.unpack_from(">i", data, at + 8)
+                if length == 0:
+                    break
+                magic = data[at + 16]
+                assert magic == 2, f"record batch v{magic} in {segment}"
+                producer_id, epoch, sequence, count = struct.unpack_from(">qhii", data, at + 43)
+                batches.append(LogBatch(partition, producer_id, epoch, sequence, count))
+                at += 12 + length
+    return batches
+
+
+def test_frames_are_sent_by_an_idempotent_producer_with_acks_all(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    # Given a producer publishing a camera to its frames topic, with pass-through client
+    # properties that ask for weaker guarantees (they must not win)
+    settings = _settings(broker, tmp_path, "idempotent.").model_copy(
+        update={"kafka_config": {"acks": "1", "enable.idempotence": "false"}}
+    )
+    camera = CameraSpec(id="idem", source="synthetic:320x240", fps=30)
+    stats = run_producers(settings, [camera], threading.Event(), max_frames=30)
+    assert stats.cameras["idem"].published == 30
+    # When the batches the broker stored are read from its log segments
+    batches = _stored_batches(broker, settings.frames_topic)
+    # Then every batch carries a producer id and per-partition sequence numbers (a
+    # producer without idempotence writes producer id -1 and sequence -1), the sequences
+    # run on without a gap, and the broker holds each frame once
+    assert sum(b.records for b in batches) == 30
+    assert {b.producer_id for b in batches} != {-1} and min(b.producer_id for b in batches) >= 0
+    for partition in {b.partition for b in batches}:
+        mine = [b for b in batches if b.partition == partition]
+        expected = 0
+        for batch in mine:
+            assert batch.producer_epoch >= 0 and batch.base_sequence == expected, mine
+            expected += batch.records
+    # and an idempotent producer is an acks=all producer: librdkafka refuses any other
+    # acks with idempotence (a single broker cannot tell acks=1 from acks=all apart:
+    # Kafka caps min.insync.replicas at the replication factor)
+    with pytest.raises(KafkaException, match="acks"):
+        Producer(broker.client_config(**{"enable.idempotence": True, "acks": 1}))
+
+
+def test_seq_keeps_increasing_across_producer_restarts(broker: KafkaBroker, tmp_path: Path) -> None:
+    # Given a camera produced by one producer run, then by a second one (a restart)
+    settings = _settings(broker, tmp_path, "restarts.")
+    camera = CameraSpec(id="restarted", source="synthetic:320x240", fps=30)
+    first = run_producers(settings, [camera], threading.Event(), max_frames=20)
+    second = run_producers(settings, [camera], threading.Event(), max_frames=20)
+    # Then every seq of the second run is above every seq of the first, and the camera's
+    # frames in the topic carry strictly increasing seqs
+    assert min(second.delivered["restarted"]) > max(first.delivered["restarted"])
+    records = by_camera(read_frames(broker.client_config(), settings.frames_topic))["restarted"]
+    assert len(records) == 40
+    assert _strictly_increasing(records)
+
+
+def test_the_topics_message_limit_is_read_from_the_broker(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    # Given frames topics whose max.message.bytes (set on the broker only) is below the
+    # size of a camera's frames (1280x720, noisy: ~300 KB as JPEG), and one so small no
+    # JPEG fits
+    roomy = Settings(kafka_bootstrap=broker.bootstrap, topic_prefix="limit.", state_dir=tmp_path)
+    tiny = roomy.model_copy(update={"topic_prefix": "tiny-limit."})
+    broker.create_topics([roomy.frames_topic], 1, config={"max.message.bytes": "60000"})
+    broker.create_topics([tiny.frames_topic], 1, config={"max.message.bytes": "1500"})
+    camera = CameraSpec(id="big", source="synthetic:1280x720", fps=30, jpeg_quality=95)
+
+    # When the camera is produced to each
+    stats = run_producers(roomy, [camera], threading.Event(), max_frames=10)
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)  # nothing is ever sent: max_frames never ends it
+    timer.start()
+    with capture_logs() as logs:
+        refused = run_producers(tiny, [camera], stop)
+    timer.cancel()
+
+    # Then frames are scaled down to fit the broker's limit, and all are published
+    counters = stats.cameras["big"]
+    assert counters.published == 10 and counters.downscaled == 10, counters.summary()
+    records = read_frames(broker.client_config(), roomy.frames_topic)
+    assert len(records) == 10
+    assert all(r.size <= 60000 - 1024 and r.width < 1280 for r in records), records
+    # and where nothing fits, frames are dropped as too_large, with a message that
+    # names the fix (once per camera)
+    summary = refused.cameras["big"].summary()
+    assert refused.cameras["big"].published == 0
+    assert summary["dropped"].get(DropReason.TOO_LARGE, 0) >= 1, summary
+    (event,) = [e for e in logs if e["event"] == "frame.too_large"]
+    assert event["camera"] == "big" and event["limit"] == 1500 - 1024
+    assert "max.message.bytes" in event["fix"] and "CAMSTREAM_MAX_MESSAGE_BYTES" in event["fix"]
+    assert read_frames(broker.client_config(), tiny.frames_topic) == []

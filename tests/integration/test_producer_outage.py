@@ -39,12 +39,24 @@ def test_broker_stopped_20s_every_delivered_frame_is_in_the_topic_and_drops_are_
     )
     broker.create_topics([settings.frames_topic], partitions=2)
     cameras = [CameraSpec(id=f"outage-{i}", source="synthetic:640x360", fps=20) for i in range(2)]
+    # and, beside it, a producer whose frames may wait 2 s for the broker (a roomy buffer)
+    expiring_settings = settings.model_copy(
+        update={"producer_buffer_mb": 64, "producer_buffer_s": 2}
+    )
+    expiring = CameraSpec(id="expiring", source="synthetic:320x240", fps=10)
     stop = threading.Event()
     result: list[ProducerStats] = []
+    expiring_result: list[ProducerStats] = []
     runner = threading.Thread(
         target=lambda: result.append(run_producers(settings, cameras, stop, record_seqs=True))
     )
+    expiring_runner = threading.Thread(
+        target=lambda: expiring_result.append(
+            run_producers(expiring_settings, [expiring], stop, record_seqs=True)
+        )
+    )
     runner.start()
+    expiring_runner.start()
     try:
         time.sleep(4)
         # When the broker is stopped for 20 s and started again on the same data
@@ -55,7 +67,8 @@ def test_broker_stopped_20s_every_delivered_frame_is_in_the_topic_and_drops_are_
     finally:
         stop.set()
         runner.join(timeout=30)
-    assert not runner.is_alive()
+        expiring_runner.join(timeout=30)
+    assert not runner.is_alive() and not expiring_runner.is_alive()
     stats = result[0]
 
     # Then every frame reported delivered is in the topic, in seq order per camera
@@ -72,3 +85,12 @@ def test_broker_stopped_20s_every_delivered_frame_is_in_the_topic_and_drops_are_
         assert counters.accounted(), summary
         # frames keep flowing after the broker returns (8 s at 20 fps)
         assert counters.published > 4 * 20 + 8 * 20 * 0.7, summary
+    # and the frames that waited longer than producer_buffer_s were dropped as expired
+    # (not buffer_full: they fitted), counted, while the rest was delivered
+    counters = expiring_result[0].cameras[expiring.id]
+    summary = counters.summary()
+    assert summary["dropped"].get(DropReason.EXPIRED, 0) > 10 * (20 - 2) * 0.7, summary
+    assert DropReason.BUFFER_FULL not in summary["dropped"], summary
+    assert counters.accounted(), summary
+    assert counters.published > 10 * (4 + 8) * 0.7, summary
+    assert set(counters.delivered_seqs) <= {r.seq for r in frames[expiring.id]}

@@ -176,33 +176,70 @@ def test_malformed_request_is_rejected_and_server_still_answers(
     assert probs.shape == (1, 1000)
 
 
+def _settled_stats(address: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The model's statistics once two reads 0.3 s apart agree (Triton counts a request
+    a moment after it answers it)."""
+    deadline = time.monotonic() + timeout_s
+    stats = model_stats(address)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        again = model_stats(address)
+        if again["inference_count"] == stats["inference_count"]:
+            return again
+        stats = again
+    raise AssertionError(f"Triton's statistics kept changing for {timeout_s} s: {stats}")
+
+
+def _executions_by_batch_size(stats: dict[str, Any]) -> dict[int, int]:
+    """Model executions per batch size, from Triton's own statistics."""
+    return {
+        int(entry["batch_size"]): int(entry["compute_infer"]["count"])
+        for entry in stats.get("batch_stats", [])
+    }
+
+
 def test_concurrent_single_requests_are_dynamically_batched(
-    server: TritonServer, opencv_data: Path
+    server: TritonServer, opencv_data: Path, labels: list[str]
 ) -> None:
-    # Given 64 batch-1 requests in flight at once
-    photos = [load_photo(opencv_data / p) for p in ("squirrel_cls.jpg", "orange.jpg")]
+    # Given 64 batch-1 requests in flight at once, of two photos whose single-request
+    # answers are known
+    names = ("squirrel_cls.jpg", "orange.jpg")
+    photos = [load_photo(opencv_data / p) for p in names]
     images = [photos[i % 2] for i in range(64)]
-    before = model_stats(server.grpc_address)
+    before = _settled_stats(server.grpc_address)
 
     # When they are all sent concurrently
     started = time.perf_counter()
     results = asyncio.run(infer_concurrently(server.grpc_address, images))
     elapsed = time.perf_counter() - started
-    after = model_stats(server.grpc_address)
+    after = _settled_stats(server.grpc_address)
+    # (sent alone after the statistics were read: Triton counts a request a moment after
+    # answering it, so one sent just before ``before`` could land in the difference)
+    alone = [infer_probs(server.grpc_address, photo[None])[0] for photo in photos]
+    assert [labels[int(a.argmax())].split(",")[0] for a in alone] == ["fox squirrel", "orange"]
 
-    # Then every one answers correctly, in fewer model executions than inferences
-    assert [int(r[0].argmax()) for r in results] == [
-        int(results[i % 2][0].argmax()) for i in range(64)
-    ]
+    # Then every one gets its own photo's answer (the same probabilities as when it was
+    # sent alone: a server answering with another row's result would fail here) ...
+    assert len(results) == 64
+    for i, result in enumerate(results):
+        assert result.shape == (1, 1000)
+        np.testing.assert_allclose(result[0], alone[i % 2], atol=1e-5, err_msg=f"request {i}")
+    # ... in fewer model executions than inferences: Triton's statistics show
+    # executions of several rows each
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
     assert inferences == 64
     assert executions < inferences, f"{executions} executions for {inferences} inferences"
+    was, now = _executions_by_batch_size(before), _executions_by_batch_size(after)
+    grown = {size: now[size] - was.get(size, 0) for size in now if now[size] > was.get(size, 0)}
+    assert sum(size * count for size, count in grown.items()) == 64, grown
+    assert max(grown) > 1, grown
     # A rough figure (2 shared cores: not asserted), logged for the record.
     log.info(
         "triton.batching_measured",
         inferences=inferences,
         executions=executions,
+        batch_sizes=grown,
         images_per_s=round(64 / elapsed, 1),
         startup_s=server.startup_s,
     )

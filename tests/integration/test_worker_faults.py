@@ -59,23 +59,28 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
         local.stop()
 
 
-def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float) -> float:
+def _feed_through(
+    local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float
+) -> tuple[float, list[float]]:
     """Run ``feed``; after 4 s apply ``fault``, and ``repair`` it ``fault_s`` later.
-    Returns the largest consumer lag seen meanwhile."""
+    Returns the largest consumer lag seen meanwhile, and the breaker's state sampled
+    each 0.5 s during the fault (0 closed, 1 half-open, 2 open)."""
     max_lag = 0.0
+    breaker: list[float] = []
     with feed:
         time.sleep(4)
         fault()
         try:
             deadline = time.monotonic() + fault_s
             while time.monotonic() < deadline:
-                time.sleep(1)
-                lag = metric_sum(local.worker_metrics(), "camstream_worker_consumer_lag")
-                max_lag = max(max_lag, lag)
+                time.sleep(0.5)
+                metrics = local.worker_metrics()
+                max_lag = max(max_lag, metric_sum(metrics, "camstream_worker_consumer_lag"))
+                breaker.append(metric_sum(metrics, "camstream_worker_breaker_state"))
         finally:
             repair()
         time.sleep(4)
-    return max_lag
+    return max_lag, breaker
 
 
 def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
@@ -86,7 +91,7 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     worker_pid = local.workers[0].pid
     feed = Feed(stack, cameras, fps=8)
     # Given frames flowing, when Triton freezes for 15 s mid-stream
-    max_lag = _feed_through(
+    max_lag, breaker = _feed_through(
         local, feed, lambda: pause_triton(local), lambda: resume_triton(local), fault_s=15
     )
 
@@ -99,6 +104,8 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     assert max_lag > 50
     metrics = local.worker_metrics()
     assert metric_sum(metrics, "camstream_worker_triton_failures_total") > 0
+    # and the breaker was seen open during the fault, and is closed again after it
+    assert 2 in breaker, breaker
     assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
 
 
@@ -118,7 +125,7 @@ def test_triton_stopped_and_started_again_loses_no_frame(
 
     # Given frames flowing, when Triton is stopped (connections refused) for 10 s and
     # started again on the same address
-    max_lag = _feed_through(local, feed, lambda: stop_triton(local), start, fault_s=10)
+    max_lag, breaker = _feed_through(local, feed, lambda: stop_triton(local), start, fault_s=10)
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
@@ -127,15 +134,18 @@ def test_triton_stopped_and_started_again_loses_no_frame(
     assert max_lag > 50
     metrics = local.worker_metrics()
     assert metric_sum(metrics, 'camstream_worker_triton_failures_total{reason="error"}') > 0
+    # and the breaker was seen open during the fault, and is closed again after it
+    assert 2 in breaker, breaker
     assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
     # and the worker found the server again soon after it was back (gRPC's reconnect
-    # backoff is capped at CAMSTREAM_TRITON_RETRY_MAX_S, 1 s here)
+    # backoff is capped at CAMSTREAM_TRITON_RETRY_MAX_S, 1 s here; 0.7 s measured, the
+    # rest is room for a batch on 2 shared cores)
     found_s = (
         min(p["published_ts_ms"] for p in predictions if p["published_ts_ms"] > back_ms) - back_ms
     ) / 1000
     record_property("first_prediction_after_restart_s", round(found_s, 2))
     print(f"triton restart: first prediction {found_s:.2f}s after the server was ready")
-    assert found_s < 4
+    assert found_s < 2.5
 
 
 def _rss_mb(pid: int) -> float:
@@ -209,7 +219,7 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
     # Given frames flowing, when the predictions topic refuses every record for 10 s
     # (records larger than its max.message.bytes) and is then set right
     feed = Feed(stack, cameras, fps=8)
-    max_lag = _feed_through(
+    max_lag, _breaker = _feed_through(
         local,
         feed,
         lambda: stack.limit_record_bytes(topic, 200),
@@ -270,13 +280,26 @@ def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flo
     assert by_camera[known.id][0]["features"]["zone"] == "default"
     assert max(p["latency"]["enrich_ms"] for p in during) < 2000
 
-    # and once the store is back, enrichment is ok again
-    time.sleep(6)  # the worker's blocked reads give up (SQLite's 5 s busy timeout)
-    stack.publish(producer, fresh.id, 100, jpeg, width, height)
-    stack.publish(producer, fresh.id, 101, jpeg, width, height)
+    # and once the store is back, enrichment is ok again: polled frame by frame (the
+    # worker's blocked reads give up after SQLite's 5 s busy timeout), then it stays ok
+    unlocked = time.monotonic()
+    seq, enrichment = 99, "missing"
+    while enrichment != "ok" and time.monotonic() - unlocked < 30:
+        seq += 1
+        stack.publish(producer, fresh.id, seq, jpeg, width, height)
+        producer.flush(10)
+        (latest,) = [
+            p for p in predictions_of(stack, {fresh.id}, {(fresh.id, seq)}) if p["seq"] == seq
+        ]
+        enrichment = latest["enrichment"]
+        if enrichment != "ok":
+            time.sleep(0.5)
+    assert enrichment == "ok", f"still {enrichment} {time.monotonic() - unlocked:.1f}s after unlock"
+    for later in (seq + 1, seq + 2):
+        stack.publish(producer, fresh.id, later, jpeg, width, height)
     producer.flush(10)
-    after = predictions_of(stack, {fresh.id}, {(fresh.id, 100), (fresh.id, 101)})
-    assert [p["enrichment"] for p in after if p["seq"] == 101] == ["ok"]
+    after = predictions_of(stack, {fresh.id}, {(fresh.id, seq + 1), (fresh.id, seq + 2)})
+    assert {p["enrichment"] for p in after if p["seq"] > seq} == {"ok"}
 
 
 def test_worker_killed_mid_stream_and_restarted_loses_nothing(

@@ -614,6 +614,7 @@ def test_a_camera_moved_to_another_version_calibrates_again_and_says_so(tmp_path
     assert all(r.model == promoted and r.reference_profile_id == "ref-2" for r in moved)
     assert [r.recalibrated_from for r in moved] == [MODEL, None, None]
     assert moved[2].baseline_id is not None and "ref-2" in moved[2].baseline_id
+    assert moved[2].baseline_id != calibrated[2].baseline_id  # a new baseline, not the old
     # ...and a restarted monitor keeps that camera's state under the new profile
     monitor.checkpoint()
     restarted = _monitor(rng, tmp_path, calibration_frames=2 * WINDOW)
