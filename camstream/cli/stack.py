@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from camstream.cli.common import new_app, out, settings, stop_event
-from camstream.settings import load_settings
+from camstream.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from camstream.stack.process import StackLock
 
 app = new_app()
 
@@ -33,17 +41,72 @@ def up(
     quiet: Annotated[bool, typer.Option(help="Do not print predictions as they flow.")] = False,
 ) -> None:
     """Start the local stack (Kafka, Triton, Feast, a worker, sample producers) and show
-    predictions as they flow; a worker that exits is started again. Ctrl-C or SIGTERM
-    stops every process it started."""
+    predictions as they flow. One stack per state folder (CAMSTREAM_STATE_DIR): a second
+    `up` there refuses at once. Every service is watched: one that exits is reported in
+    one line and started again on the same ports; one that keeps failing stops the
+    stack. Ctrl-C or SIGTERM stops every process it started."""
+    from camstream.stack.process import StackLock
+
+    config = settings()
+    # Before anything else: a refused `up` touches nothing of the running stack.
+    lock = StackLock(config.state_dir.resolve()).acquire()
+    try:
+        with _native_stderr_to(config.state_dir.resolve() / "logs" / "up.log", config):
+            _run_stack(config, lock, duration, producers, quiet)
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _native_stderr_to(path: Path, config: Settings) -> Iterator[None]:
+    """Send this process's stderr (file descriptor 2) to ``path`` while the stack runs:
+    the client libraries write there themselves (librdkafka: a line per refused
+    connection while Kafka is down), and so do the launcher's own logs (JSON at INFO,
+    as in its children's log files). The console keeps stdout: the stack's summary, the
+    supervisor's lines, predictions; and, once this ends, the one line of an error."""
+    from camstream.observability import configure_logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    console = os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    explicit = config.log_level if "log_level" in config.model_fields_set else None
+    configure_logging(explicit)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        os.close(console)
+        configure_logging(explicit)
+
+
+def _say(text: str) -> None:
+    out(f"{time.strftime('%H:%M:%S')} {text}")
+
+
+def _run_stack(
+    config: Settings, lock: StackLock, duration: float | None, producers: bool, quiet: bool
+) -> None:
+    from camstream.errors import ServiceError
     from camstream.stack.local import LocalStack
     from camstream.stack.setup import prepare, sample_cameras
     from camstream.topics import follow
 
-    config = settings()
     stop = stop_event()
     prepared = prepare(config)
     cameras = sample_cameras(prepared.assets, prepared.conveyor) if producers else []
-    stack = LocalStack(config, cameras, supervise=True)
+    stack = LocalStack(
+        config,
+        cameras,
+        supervise=True,
+        lock=lock,
+        on_event=_say,
+        on_failure=lambda _reason: stop.set(),
+        metrics_port=config.metrics_port,
+    )
     try:
         info = stack.start()
         out(f"camstream stack up in {info.startup_s}s (state: {info.state_dir}/stack.json)")
@@ -53,7 +116,7 @@ def up(
         out(f"  feast repo      : {info.feast_repo}")
         for name, port in info.metrics_ports.items():
             out(f"  {name + ' metrics':<16}: http://127.0.0.1:{port}/metrics")
-        for name, path in info.logs.items():
+        for name, path in {**info.logs, "up": f"{info.state_dir}/logs/up.log"}.items():
             out(f"  {name + ' log':<16}: {path}")
         deadline = None if duration is None else time.monotonic() + duration
         summary = follow(
@@ -68,18 +131,33 @@ def up(
         out("stopping the stack ...")
         stack.stop()
         out("stopped")
+    if stack.failure:
+        raise ServiceError(f"the stack stopped: {stack.failure}")
 
 
 @app.command()
 def status() -> None:
-    """Print the running local stack's endpoints (from its state file) as JSON."""
+    """Print the local stack of the state folder as JSON: endpoints, and per service
+    (``services``) its state (running, down, waiting, restarting, failed), pid, restart
+    count, last exit and log. Exits 1 when no stack runs there."""
     from dataclasses import asdict
 
-    from camstream.stack.local import read_state, stack_running
+    from camstream.stack.local import read_state, stack_holder
 
     config = load_settings()
-    info = read_state(config.state_dir)
-    if info is None or not stack_running(info):
-        out(json.dumps({"running": False, "state_dir": str(config.state_dir)}))
+    state_dir = config.state_dir.resolve()
+    holder = stack_holder(state_dir)
+    info = read_state(state_dir)
+    if holder is None:
+        report: dict[str, object] = {"running": False, "state_dir": str(state_dir)}
+        if info is not None:
+            report["note"] = (
+                f"left by a stack that did not stop cleanly (pid {info.launcher_pid}); "
+                "the next `camstream up` recovers it"
+            )
+        out(json.dumps(report))
         raise typer.Exit(1)
+    if info is None:  # locked, the state file not written yet
+        out(json.dumps({"running": True, "state": "starting", "launcher_pid": holder.pid}))
+        return
     out(json.dumps({"running": True, **asdict(info), "env": info.env()}, indent=2))

@@ -17,7 +17,7 @@ def joined_settings(config: Settings, bootstrap: str | None) -> tuple[Settings, 
     """The settings to read the topics with: ``--bootstrap``, else CAMSTREAM_KAFKA_BOOTSTRAP,
     else the local stack running from the state folder (its stack.json), else the
     default; with the Feast repo whose cameras to show, and where Kafka came from."""
-    from camstream.stack.local import read_state, stack_running
+    from camstream.stack.local import read_state, stack_holder
 
     if bootstrap:
         joined = config.model_copy(update={"kafka_bootstrap": bootstrap})
@@ -26,7 +26,7 @@ def joined_settings(config: Settings, bootstrap: str | None) -> tuple[Settings, 
         return config, _repo(config), "CAMSTREAM_KAFKA_BOOTSTRAP"
     state_dir = config.state_dir.resolve()
     info = read_state(state_dir)
-    if info is not None and info.kafka_bootstrap and stack_running(info):
+    if info is not None and info.kafka_bootstrap and stack_holder(state_dir) is not None:
         joined = config.model_copy(
             update={"kafka_bootstrap": info.kafka_bootstrap, "topic_prefix": info.topic_prefix}
         )

@@ -1,54 +1,80 @@
 """The local stack: every real service as a local process, for machines without Docker.
 
 Kafka (KRaft), Triton (CPU), the Feast repo (SQLite online store), a Faust worker and,
-optionally, producers for the sample cameras. Endpoints go to ``<state_dir>/stack.json``
-so that ``camstream status`` and other programs can join; everything started is
-stopped, in reverse order, by ``stop()``.
+optionally, producers for the sample cameras. One stack per state folder: the stack
+holds ``<state_dir>/stack.lock`` for its life (``StackLock``), and recovers a folder
+that a killed stack left. Endpoints and each service's state go to
+``<state_dir>/stack.json`` as they come up, so that ``camstream status`` and other
+programs can join; with ``supervise``, a ``Supervisor`` starts any service that exits
+again, on the same ports and data; everything started is stopped, in reverse order, by
+``stop()``.
+
+The heavy imports (Kafka and Feast clients) happen in ``start()``: reading the state
+and checking the lock stay cheap (`camstream status`, a refused `camstream up`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from camstream.cameras import CameraSpec, dump_cameras
-from camstream.errors import StackRunning
-from camstream.featurestore import apply_repo, materialize_all, prepare_repo, upsert_cameras
 from camstream.settings import Settings
-from camstream.stack.kafka import KafkaBroker
-from camstream.stack.process import ManagedProcess, free_port, port_open
-from camstream.stack.triton import TritonServer
+from camstream.stack.process import (
+    LockHolder,
+    ManagedProcess,
+    StackLock,
+    free_port,
+    group_members,
+    log_size,
+    port_open,
+    process_start_time,
+)
+from camstream.stack.supervisor import RestartPolicy, Supervisor, Watched
+
+if TYPE_CHECKING:
+    from camstream.cameras import CameraSpec
+    from camstream.stack.kafka import KafkaBroker
+    from camstream.stack.triton import TritonServer
 
 log = structlog.get_logger(__name__)
 
 STATE_FILE = "stack.json"
+SHM_DIR = Path("/dev/shm")
 
 
 @dataclass
 class StackInfo:
-    """What `camstream up` prints and writes: enough for another program to join."""
+    """What `camstream up` prints and writes: enough for another program to join, and
+    each service's state (``services``: state, pid, restarts, last exit, log)."""
 
-    kafka_bootstrap: str
-    triton_grpc: str
-    triton_http: str
-    triton_metrics_port: int
-    feast_repo: str
-    state_dir: str
-    topic_prefix: str
+    kafka_bootstrap: str = ""
+    triton_grpc: str = ""
+    triton_http: str = ""
+    triton_metrics_port: int = 0
+    feast_repo: str = ""
+    state_dir: str = ""
+    topic_prefix: str = ""
     metrics_ports: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     startup_s: float = 0.0
+    state: str = "starting"  # starting | running | failed
+    launcher_pid: int = 0
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    triton_shm_prefix: str = ""
 
     def env(self) -> dict[str, str]:
         """CAMSTREAM_* variables that point a process at this stack."""
@@ -70,22 +96,69 @@ def _scrape(port: int) -> str:
 
 
 def read_state(state_dir: Path) -> StackInfo | None:
+    """The state file's stack (running or left by a killed one); None when absent."""
     path = state_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    return StackInfo(**json.loads(path.read_text()))
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    known = {f.name for f in fields(StackInfo)}
+    return StackInfo(**{k: v for k, v in data.items() if k in known})
 
 
-def stack_running(info: StackInfo) -> bool:
-    return any(_alive(pid) for pid in info.pids.values())
+def stack_holder(state_dir: Path) -> LockHolder | None:
+    """The `camstream up` (or other process) that runs a stack from ``state_dir``."""
+    return StackLock(state_dir).holder()
+
+
+def recover_folder(state_dir: Path, wait_s: float = 10.0) -> str | None:
+    """Clear what a stack that did not stop cleanly left in ``state_dir`` (call with its
+    lock held): stop what is left of its services, their children included (SIGTERM,
+    then SIGKILL after ``wait_s``), remove its shared memory and its state file. Data
+    (Kafka's log, the Feast repo) is kept. Returns the line that says what was done,
+    None when the folder was clean."""
+    info = read_state(state_dir)
+    if info is None:
+        return None
+    # Each service's process group (its pid), members started since it did: the
+    # service itself and its children, also those that outlived it (Triton's python
+    # stubs, which ignore SIGTERM: hence a short wait before SIGKILL; Kafka recovers
+    # its log after a SIGKILL too).
+    leftovers = {
+        name: int(entry["pid"])
+        for name, entry in info.services.items()
+        if entry.get("pid")
+        and entry.get("start_time") is not None
+        and group_members(int(entry["pid"]), int(entry["start_time"]))
+    }
+
+    def members() -> list[int]:
+        return [
+            pid
+            for name, pgid in leftovers.items()
+            for pid in group_members(pgid, int(info.services[name]["start_time"]))
+        ]
+
+    for pid in members():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and members():
+        time.sleep(0.2)
+    for pid in members():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if info.triton_shm_prefix:
+        for region in SHM_DIR.glob(f"{info.triton_shm_prefix}*"):
+            region.unlink(missing_ok=True)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    stopped = (
+        f"stopped its leftover {', '.join(sorted(leftovers))}" if leftovers else "none of it ran"
+    )
+    return (
+        f"recovered {state_dir}: the stack that ran from it (pid {info.launcher_pid or '?'}) "
+        f"did not stop cleanly; {stopped}; its data (Kafka topics, Feast) is kept"
+    )
 
 
 class LocalStack:
@@ -96,13 +169,26 @@ class LocalStack:
         worker_env: dict[str, str] | None = None,
         workers: int = 1,
         supervise: bool = False,
+        *,
+        lock: StackLock | None = None,
+        on_event: Callable[[str], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+        metrics_port: int | None = None,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         """Every child (workers, producers) runs with ``settings`` as given, pointed at
         the stack's services (``child_settings``); ``worker_env`` holds ``CAMSTREAM_*``
         variables that workers get on top (per-worker overrides a test changes between
-        restarts). ``supervise``: start a worker again when it exits (`camstream up`
-        does; the fault tests kill and restart workers themselves, with
-        tests/support/faults.py)."""
+        restarts).
+
+        ``supervise``: watch every service and start it again when it exits (`camstream
+        up` does; the fault tests stop and start services themselves, with
+        tests/support/faults.py). ``on_event`` gets the lines for a person (a service
+        exited, is back, a folder was recovered); ``on_failure`` the reason when a
+        service keeps failing and the stack must stop. ``lock``: the state folder's
+        lock, when the caller took it first (`camstream up` does, before anything
+        else). ``metrics_port``: serve the stack's own metrics (restarts, services up)
+        there (0: a free port)."""
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
@@ -114,41 +200,75 @@ class LocalStack:
         self.workers: list[ManagedProcess] = []
         self.producer: ManagedProcess | None = None
         self.info: StackInfo | None = None
+        self.failure: str | None = None
+        self.recovered: str | None = None
+        self._lock = lock or StackLock(self.state_dir)
+        self._on_event = on_event
+        self._on_failure = on_failure
+        self._metrics_port = metrics_port
+        self._restart_policy = restart_policy
         self._supervise = supervise
-        self._stopping = threading.Event()
-        self._supervisor: threading.Thread | None = None
+        self._supervisor: Supervisor | None = None
+        self._state_guard = threading.Lock()
+        self._log_from: dict[str, int] = {}
 
     # Start ----------------------------------------------------------------------------
 
     def start(self) -> StackInfo:
-        previous = read_state(self.state_dir)
-        if previous is not None and stack_running(previous):
-            raise StackRunning(
-                f"a stack is already running from {self.state_dir} "
-                f"(pids {sorted(previous.pids.values())}); stop it first (Ctrl-C or SIGTERM "
-                "to `camstream up`), or pass another CAMSTREAM_STATE_DIR"
-            )
-        started = time.monotonic()
+        """Take the folder's lock (StackRunning if another stack holds it), recover
+        what a killed stack left, start every service and, with ``supervise``, watch
+        them."""
+        self._lock.acquire()
         try:
+            self.recovered = recover_folder(self.state_dir)
+            if self.recovered:
+                self._event(self.recovered)
+            self.info = StackInfo(
+                state_dir=str(self.state_dir),
+                topic_prefix=self.settings.topic_prefix,
+                launcher_pid=os.getpid(),
+            )
+            if self._metrics_port is not None:
+                from camstream.observability import serve_metrics
+
+                self.info.metrics_ports["stack"] = serve_metrics(self._metrics_port)
+            self._write_state()
+            started = time.monotonic()
             self._start_services()
         except BaseException:
             self.stop()
             raise
         assert self.info is not None
         self.info.startup_s = round(time.monotonic() - started, 1)
+        self.info.state = "running"
         self._write_state()
         if self._supervise:
-            self._supervisor = threading.Thread(
-                target=self._restart_exited_workers, name="supervisor", daemon=True
-            )
-            self._supervisor.start()
+            self._supervisor = Supervisor(
+                self._watched(),
+                on_event=self._event,
+                on_change=self._service_changed,
+                on_give_up=self._give_up,
+                policy=self._restart_policy,
+            ).start()
         return self.info
 
     def _start_services(self) -> None:
+        from camstream.featurestore import (
+            apply_repo,
+            materialize_all,
+            prepare_repo,
+            upsert_cameras,
+        )
+        from camstream.stack.kafka import KafkaBroker
+        from camstream.stack.triton import TritonServer
+
         s = self.settings
-        self.kafka = KafkaBroker(
-            self.state_dir / "kafka", self.logs_dir, cache_dir=s.cache_dir
-        ).start()
+        assert self.info is not None
+        self.kafka = KafkaBroker(self.state_dir / "kafka", self.logs_dir, cache_dir=s.cache_dir)
+        self._log_from["kafka"] = log_size(self.kafka.log_path)
+        self.kafka.start()
+        self.info.kafka_bootstrap = self.kafka.bootstrap
+        self._record("kafka", self.kafka.pid, self.kafka.log_path)
         self.kafka.create_topics(
             list(s.topics),
             partitions=s.topic_partitions,
@@ -159,33 +279,26 @@ class LocalStack:
             cache_dir=s.cache_dir,
             log_dir=self.logs_dir,
             ready_models=(s.model_name,),
-        ).start()
+        )
+        self.info.triton_shm_prefix = self.triton.shm_prefix
+        self._log_from["triton"] = log_size(self.triton.log_path)
+        self.triton.start()
+        self.info.triton_grpc = self.triton.grpc_address
+        self.info.triton_http = self.triton.http_address
+        self.info.triton_metrics_port = self.triton.metrics_port
+        self._record("triton", self.triton.pid, self.triton.log_path)
         feast_repo = prepare_repo(self.state_dir / "feast")
         store = apply_repo(feast_repo)
         if self.cameras:
             upsert_cameras(store, self.cameras)
         materialize_all(store)
-        self.info = StackInfo(
-            kafka_bootstrap=self.kafka.bootstrap,
-            triton_grpc=self.triton.grpc_address,
-            triton_http=self.triton.http_address,
-            triton_metrics_port=self.triton.metrics_port,
-            feast_repo=str(feast_repo),
-            state_dir=str(self.state_dir),
-            topic_prefix=s.topic_prefix,
-            logs={
-                "kafka": str(self.kafka.log_path),
-                "triton": str(self.triton.log_path),
-            },
-            pids={"kafka": self.kafka.pid, "triton": self.triton.pid},
-        )
+        self.info.feast_repo = str(feast_repo)
+        self._write_state()
         # Producers start once the workers can take frames, so none wait in a backlog.
         for _ in range(self.worker_count):
             self.add_worker()
         if self.cameras:
-            cameras_file = self.state_dir / "cameras.yaml"
-            dump_cameras(self.cameras, cameras_file)
-            self.producer = self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
+            self.producer = self._start_producer()
 
     def child_settings(self, **update: Any) -> Settings:
         """The stack's own settings pointed at its services: what its children run with."""
@@ -207,9 +320,10 @@ class LocalStack:
         extra_env: dict[str, str] | None = None,
     ) -> ManagedProcess:
         """Start ``camstream ARGS`` with the stack's settings (``update`` applied, then
-        ``extra_env``'s variables) and wait until its metrics show ``ready_metrics``."""
+        ``extra_env``'s variables) and wait until its metrics show ``ready_metrics``.
+        A restart keeps the name's metrics port (scrapers keep their target)."""
         assert self.info is not None
-        port = free_port()
+        port = self.info.metrics_ports.get(name) or free_port()
         settings = self.child_settings(metrics_port=port, **(update or {}))
         env = settings.child_env()
         env.update(extra_env or {})
@@ -222,13 +336,30 @@ class LocalStack:
             text = _scrape(port)
             return bool(text) and all(metric in text for metric in ready_metrics)
 
-        process.wait_ready(ready, timeout_s=90)
-        self.info.metrics_ports[name] = port
-        self.info.logs[name] = str(log_path)
-        self.info.pids[name] = process.pid
+        try:
+            process.wait_ready(ready, timeout_s=90)
+        except BaseException:
+            process.stop()
+            raise
+        self._log_from[name] = process.log_offset
+        with self._state_guard:
+            self.info.metrics_ports[name] = port
+        self._record(name, process.pid, log_path)
         return process
 
-    # Workers (scale-out, and the supervisor of `camstream up`) -----------------------
+    def _start_producer(self) -> ManagedProcess:
+        from camstream.cameras import dump_cameras
+
+        cameras_file = self.state_dir / "cameras.yaml"
+        dump_cameras(self.cameras, cameras_file)
+        return self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
+
+    def _restart_producer(self) -> None:
+        if self.producer is not None:
+            self.producer.stop()
+        self.producer = self._start_producer()
+
+    # Workers (scale-out) --------------------------------------------------------------
 
     @property
     def worker(self) -> ManagedProcess | None:
@@ -251,10 +382,11 @@ class LocalStack:
 
     def add_worker(self) -> ManagedProcess:
         """Start one more worker in the group; returns once it has joined."""
-        process = self._start_worker(len(self.workers))
+        index = len(self.workers)
+        process = self._start_worker(index)
         self.workers.append(process)
-        if self.info is not None and len(self.workers) > 1:
-            self._write_state()
+        if self._supervisor is not None:
+            self._supervisor.add(self._watched_worker(index))
         return process
 
     def restart_worker(self, index: int = 0) -> ManagedProcess:
@@ -263,51 +395,140 @@ class LocalStack:
         self.workers[index] = self._start_worker(index)
         return self.workers[index]
 
-    def _restart_exited_workers(self, interval_s: float = 1.0, max_delay_s: float = 60.0) -> None:
-        """Start again any worker that exited (a crash, or a batch that failed for good).
-        One that exits within a minute of its start waits twice as long each time."""
-        started = {index: time.monotonic() for index in range(len(self.workers))}
-        delay: dict[int, float] = {}
-        while not self._stopping.wait(interval_s):
-            for index, process in enumerate(list(self.workers)):
-                if process.running() or self._stopping.is_set():
-                    continue
-                returncode = process.stop()
-                quick = time.monotonic() - started.get(index, 0.0) < 60
-                delay[index] = min(delay.get(index, interval_s) * 2, max_delay_s) if quick else 0
-                log.warning(
-                    "stack.worker_exited",
-                    worker=index,
-                    returncode=returncode,
-                    restart_in_s=delay[index],
-                )
-                if self._stopping.wait(delay[index]):
-                    return
-                started[index] = time.monotonic()
-                try:
-                    self.restart_worker(index)
-                    self._write_state()
-                except Exception:
-                    log.exception("stack.worker_restart_failed", worker=index)
-
     def worker_metrics(self, index: int = 0) -> str:
         assert self.info is not None
         return _scrape(self.info.metrics_ports[self._worker_name(index)])
 
+    # Supervision ----------------------------------------------------------------------
+
+    def _watched(self) -> list[Watched]:
+        kafka, triton = self.kafka, self.triton
+        assert kafka is not None and triton is not None
+
+        def restart_kafka() -> None:
+            kafka.restart()
+            self._record("kafka", kafka.pid, kafka.log_path)
+
+        def stop_triton() -> int | None:
+            code = triton.returncode  # read before stop() forgets the process
+            triton.stop()
+            return code
+
+        def restart_triton() -> None:
+            triton.stop()
+            triton.start()
+            self._record("triton", triton.pid, triton.log_path)
+
+        watched = [
+            Watched(
+                "kafka",
+                running=kafka.running,
+                restart=restart_kafka,
+                stop=kafka.stop,
+                log_path=lambda: kafka.log_path,
+                log_from=self._log_from.get("kafka", 0),
+            ),
+            Watched(
+                "triton",
+                running=triton.running,
+                restart=restart_triton,
+                stop=stop_triton,
+                log_path=lambda: triton.log_path,
+                log_from=self._log_from.get("triton", 0),
+            ),
+        ]
+        watched += [self._watched_worker(i) for i in range(len(self.workers))]
+        if self.producer is not None:
+            watched.append(
+                Watched(
+                    "producer",
+                    running=lambda: self.producer is not None and self.producer.running(),
+                    restart=self._restart_producer,
+                    stop=lambda: self.producer.stop() if self.producer else None,
+                    log_path=lambda: self.logs_dir / "producer.log",
+                    needs=("kafka",),
+                    log_from=self._log_from.get("producer", 0),
+                )
+            )
+        return watched
+
+    def _watched_worker(self, index: int) -> Watched:
+        name = self._worker_name(index)
+
+        def restart() -> None:
+            self.restart_worker(index)
+
+        # Late binding on purpose: a restart replaces self.workers[index].
+        return Watched(
+            name,
+            running=lambda: self.workers[index].running(),  # noqa: PLW0108
+            restart=restart,
+            stop=lambda: self.workers[index].stop(),  # noqa: PLW0108
+            log_path=lambda: self.workers[index].log_path,
+            needs=("kafka", "triton"),
+            log_from=self._log_from.get(name, 0),
+        )
+
+    def _event(self, text: str) -> None:
+        if self._on_event is not None:
+            self._on_event(text)
+        else:
+            log.warning("stack.event", message=text)
+
+    def _give_up(self, reason: str) -> None:
+        self.failure = reason
+        if self.info is not None:
+            self.info.state = "failed"
+            self._write_state()
+        if self._on_failure is not None:
+            self._on_failure(reason)
+        else:
+            log.error("stack.failed", reason=reason)
+
+    def _record(self, name: str, pid: int, log_path: Path) -> None:
+        """A service (re)started as ``pid``: into the state file."""
+        assert self.info is not None
+        with self._state_guard:
+            self.info.pids[name] = pid
+            self.info.logs[name] = str(log_path)
+            entry = self.info.services.setdefault(
+                name, {"state": "running", "restarts": 0, "last_exit": None}
+            )
+            entry.update(pid=pid, start_time=process_start_time(pid), since=round(time.time(), 3))
+        self._write_state()
+
+    def _service_changed(self, service: Watched) -> None:
+        assert self.info is not None
+        with self._state_guard:
+            entry = self.info.services.setdefault(service.name, {})
+            entry.update(service.status())
+        self._write_state()
+
     def _write_state(self) -> None:
         assert self.info is not None
-        path = self.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.info), indent=2))
-        tmp.replace(path)
+        with self._state_guard:
+            text = json.dumps(asdict(self.info), indent=2)
+            path = self.state_dir / STATE_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
 
     # Stop -----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop producers first (they flush), then workers (they commit), then servers."""
-        self._stopping.set()
+        """Stop producers first (they flush), then workers (they commit), then servers;
+        then drop the state file and the folder's lock."""
         if self._supervisor is not None:
-            self._supervisor.join(timeout=120)
+            self._supervisor.halt()
+        self._stop_services()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout_s=120)
+            self._stop_services()  # whatever a restart in flight started meanwhile
+        if self._lock.held:
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+            self._lock.release()
+
+    def _stop_services(self) -> None:
         for service in (self.producer, *self.workers, self.triton, self.kafka):
             if service is None:
                 continue
@@ -315,4 +536,3 @@ class LocalStack:
                 service.stop()
             except Exception:
                 log.exception("stack.stop_failed", service=type(service).__name__)
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)

@@ -209,6 +209,11 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.running()
 
+    @property
+    def returncode(self) -> int | None:
+        """The server process's exit status once it exited (negative: the signal)."""
+        return None if self._process is None else self._process.returncode
+
     def start(self) -> TritonServer:
         """Launch the server and wait until it and ``ready_models`` are ready."""
         if self.running():

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ CAMERAS = (
     CameraSpec(id="belt-b", source="synthetic", model=MODEL, model_version="1"),
     CameraSpec(id="street", source="synthetic"),
 )
+SHADOW_WINDOW_PAIRS = 3  # small windows: several summaries within the test's seconds
 TTL_S = 0.5  # the drain then waits 2 * 0.5 + 2 = 3 s of quiet
 
 
@@ -157,6 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         model_repo=repo,
         model_name=IMAGENET,
         feature_cache_ttl_s=TTL_S,
+        shadow_window_pairs=SHADOW_WINDOW_PAIRS,
         datasets_dir=root / "datasets",
         registry_dir=registry.root,
     )
@@ -411,18 +414,42 @@ def test_shadow_start_loads_the_candidate_beside_and_stop_drops_it(world: World)
         assert f"belt-a: shadow {MODEL}:2 x1.00 beside {MODEL}:1 (ready)" in _ok(status)
         time.sleep(3)
 
-    # And the worker published champion/candidate pairs for belt-a's frames
-    def pairs_of(messages: list[Message]) -> list[dict[str, Any]]:
+    # And the worker published champion/candidate pairs for belt-a's frames, and window
+    # summaries whose every figure a recount from the window's pairs gives again
+    def of_kind(messages: list[Message], kind: str) -> list[dict[str, Any]]:
         records = [json.loads(m.value() or b"{}") for m in messages]
-        return [r for r in records if r.get("kind") == "pair"]
+        return [r for r in records if r.get("kind") == kind]
+
+    def summed_up(messages: list[Message]) -> bool:
+        pairs, summaries = of_kind(messages, "pair"), of_kind(messages, "summary")
+        return bool(summaries) and all(
+            sum(p["window"] == s["window"] for p in pairs) == s["pairs"] for s in summaries
+        )
 
     topic = world.stack.settings.shadow_topic
-    pairs = pairs_of(world.stack.collect(topic, lambda ms: len(pairs_of(ms)) >= 3, 30, {"belt-a"}))
-    assert len(pairs) >= 3
+    messages = world.stack.collect(topic, summed_up, 30, {"belt-a"})
+    pairs, summaries = of_kind(messages, "pair"), of_kind(messages, "summary")
+    assert len(pairs) >= SHADOW_WINDOW_PAIRS
     validator = schema_validator("shadow.schema.json")
-    for pair in pairs:
-        validator.validate(pair)
+    for record in pairs + summaries:
+        validator.validate(record)
     assert {(p["champion"]["version"], p["candidate"]["version"]) for p in pairs} == {("1", "2")}
+    assert any(s["pairs"] for s in summaries)
+    for summary in summaries:
+        window = [p for p in pairs if p["window"] == summary["window"]]
+        assert summary["pairs"] == len(window)
+        if not window:  # a window of failures only
+            assert summary["agreement_rate"] is None
+            continue
+        assert summary["agreement_rate"] == pytest.approx(
+            sum(p["agree"] for p in window) / len(window)
+        )
+        shift = [p["candidate_score"] - p["champion_score"] for p in window]
+        assert summary["confidence_shift"] == pytest.approx(sum(shift) / len(shift), abs=1e-6)
+        confusion = Counter((p["champion_label"], p["candidate_label"]) for p in window)
+        assert {
+            (c["champion_label"], c["candidate_label"]): c["count"] for c in summary["confusion"]
+        } == dict(confusion)
     # When the shadow stops, 2 is drained and dropped; what serves is as before
     stopped, _ = _cli(env, "shadow", "stop", f"{MODEL}:2", "--camera", "belt-a")
     print(f"\nshadow stop:\n{_ok(stopped)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import threading
 import time
 import urllib.request
@@ -27,6 +26,7 @@ from camstream.cli.view import joined_settings
 from camstream.errors import ConfigError
 from camstream.settings import Settings
 from camstream.stack.local import StackInfo
+from camstream.stack.process import StackLock
 from camstream.view.app import SESSION_COOKIE, build_app, session_value
 from camstream.view.events import Broadcaster, Client
 from camstream.view.launch import check_bind, is_loopback, page_url
@@ -255,20 +255,19 @@ def test_loopback_binds_need_no_token_and_short_tokens_are_refused() -> None:
 
 
 def test_view_joins_the_local_stack_of_the_state_folder(tmp_path: Path) -> None:
-    # Given a stack running from the state folder (its stack.json names a live process)
+    # Given a stack running from the state folder (its lock held, its stack.json written)
     settings = Settings(state_dir=tmp_path)
     assert joined_settings(settings, None)[2] == "the default"
-    info = StackInfo(kafka_bootstrap="127.0.0.1:39092", triton_grpc="127.0.0.1:1",
-                     triton_http="127.0.0.1:2", triton_metrics_port=3,
-                     feast_repo=str(tmp_path / "feast"), state_dir=str(tmp_path),
-                     topic_prefix="site1.", pids={"kafka": os.getpid()})  # fmt: skip
+    info = StackInfo(kafka_bootstrap="127.0.0.1:39092", topic_prefix="site1.",
+                     feast_repo=str(tmp_path / "feast"))  # fmt: skip
     (tmp_path / "stack.json").write_text(json.dumps(asdict(info)))
-    # When the view starts with no Kafka address of its own
-    joined, repo, source = joined_settings(settings, None)
-    # Then it reads that stack's topics; --bootstrap still wins
-    assert (joined.kafka_bootstrap, joined.predictions_topic) == (
-        "127.0.0.1:39092",
-        "site1.predictions",
-    )
-    assert repo == tmp_path / "feast" and "local stack" in source
-    assert joined_settings(settings, "kafka:9092")[0].kafka_bootstrap == "kafka:9092"
+    with StackLock(tmp_path):
+        # When the view starts with no Kafka address of its own
+        joined, repo, source = joined_settings(settings, None)
+        # Then it reads that stack's topics; --bootstrap still wins
+        assert (joined.kafka_bootstrap, joined.predictions_topic) == (
+            "127.0.0.1:39092",
+            "site1.predictions",
+        )
+        assert repo == tmp_path / "feast" and "local stack" in source
+        assert joined_settings(settings, "kafka:9092")[0].kafka_bootstrap == "kafka:9092"

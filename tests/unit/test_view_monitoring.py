@@ -130,8 +130,7 @@ def test_promtool_accepts_the_rules() -> None:
 
 def test_stack_targets_name_docker_composes_jobs() -> None:
     ports = {"worker": 9100, "worker-2": 9102, "producer": 9101, "view": 9103}
-    info = StackInfo("127.0.0.1:9092", "127.0.0.1:8001", "127.0.0.1:8000", 8002,
-                     "feast", ".state", "", metrics_ports=ports)  # fmt: skip
+    info = StackInfo(metrics_ports=ports, triton_metrics_port=8002)
     assert stack_targets(info) == [
         Target("camstream-producer", "127.0.0.1:9101"),
         Target("camstream-view", "127.0.0.1:9103"),
