@@ -39,12 +39,16 @@ def up(
     ] = None,
     producers: Annotated[bool, typer.Option(help="Start the sample cameras' producers.")] = True,
     quiet: Annotated[bool, typer.Option(help="Do not print predictions as they flow.")] = False,
+    view: Annotated[
+        bool, typer.Option(help="Start the live view (`camstream view`) on 127.0.0.1.")
+    ] = True,
 ) -> None:
-    """Start the local stack (Kafka, Triton, Feast, a worker, sample producers) and show
-    predictions as they flow. One stack per state folder (CAMSTREAM_STATE_DIR): a second
-    `up` there refuses at once. Every service is watched: one that exits is reported in
-    one line and started again on the same ports; one that keeps failing stops the
-    stack. Ctrl-C or SIGTERM stops every process it started."""
+    """Start the local stack (Kafka, Triton, Feast, a worker, sample producers, the live
+    view) and show predictions as they flow. One stack per state folder
+    (CAMSTREAM_STATE_DIR): a second `up` there refuses at once. Every service is
+    watched: one that exits is reported in one line and started again on the same
+    ports; one that keeps failing stops the stack. Ctrl-C or SIGTERM stops every
+    process it started."""
     from camstream.stack.process import StackLock
 
     config = settings()
@@ -52,7 +56,7 @@ def up(
     lock = StackLock(config.state_dir.resolve()).acquire()
     try:
         with _native_stderr_to(config.state_dir.resolve() / "logs" / "up.log", config):
-            _run_stack(config, lock, duration, producers, quiet)
+            _run_stack(config, lock, duration, producers, quiet, view)
     finally:
         lock.release()
 
@@ -88,7 +92,12 @@ def _say(text: str) -> None:
 
 
 def _run_stack(
-    config: Settings, lock: StackLock, duration: float | None, producers: bool, quiet: bool
+    config: Settings,
+    lock: StackLock,
+    duration: float | None,
+    producers: bool,
+    quiet: bool,
+    view: bool = True,
 ) -> None:
     from camstream.errors import ServiceError
     from camstream.stack.local import LocalStack
@@ -106,6 +115,7 @@ def _run_stack(
         on_event=_say,
         on_failure=lambda _reason: stop.set(),
         metrics_port=config.metrics_port,
+        view=view,
     )
     try:
         info = stack.start()
@@ -114,6 +124,8 @@ def _run_stack(
         out(f"  triton grpc     : {info.triton_grpc}  (http {info.triton_http})")
         out(f"  triton metrics  : http://127.0.0.1:{info.triton_metrics_port}/metrics")
         out(f"  feast repo      : {info.feast_repo}")
+        if info.view_url:
+            out(f"  live view       : {info.view_url}")
         for name, port in info.metrics_ports.items():
             out(f"  {name + ' metrics':<16}: http://127.0.0.1:{port}/metrics")
         for name, path in {**info.logs, "up": f"{info.state_dir}/logs/up.log"}.items():

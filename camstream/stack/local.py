@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from camstream.errors import ServiceError
 from camstream.settings import Settings
 from camstream.stack.process import (
     LockHolder,
@@ -75,6 +76,7 @@ class StackInfo:
     launcher_pid: int = 0
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     triton_shm_prefix: str = ""
+    view_url: str = ""
 
     def env(self) -> dict[str, str]:
         """CAMSTREAM_* variables that point a process at this stack."""
@@ -175,6 +177,7 @@ class LocalStack:
         on_failure: Callable[[str], None] | None = None,
         metrics_port: int | None = None,
         restart_policy: RestartPolicy | None = None,
+        view: bool = False,
     ) -> None:
         """Every child (workers, producers) runs with ``settings`` as given, pointed at
         the stack's services (``child_settings``); ``worker_env`` holds ``CAMSTREAM_*``
@@ -188,7 +191,8 @@ class LocalStack:
         service keeps failing and the stack must stop. ``lock``: the state folder's
         lock, when the caller took it first (`camstream up` does, before anything
         else). ``metrics_port``: serve the stack's own metrics (restarts, services up)
-        there (0: a free port)."""
+        there (0: a free port). ``view``: start the live view (`camstream view`, on
+        127.0.0.1) once the producers run; its address goes into stack.json."""
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
@@ -199,6 +203,9 @@ class LocalStack:
         self.triton: TritonServer | None = None
         self.workers: list[ManagedProcess] = []
         self.producer: ManagedProcess | None = None
+        self.view: ManagedProcess | None = None
+        self._view = view
+        self._view_port = 0
         self.info: StackInfo | None = None
         self.failure: str | None = None
         self.recovered: str | None = None
@@ -299,6 +306,8 @@ class LocalStack:
             self.add_worker()
         if self.cameras:
             self.producer = self._start_producer()
+        if self._view:
+            self.view = self._start_view()
 
     def child_settings(self, **update: Any) -> Settings:
         """The stack's own settings pointed at its services: what its children run with."""
@@ -353,6 +362,28 @@ class LocalStack:
         cameras_file = self.state_dir / "cameras.yaml"
         dump_cameras(self.cameras, cameras_file)
         return self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
+
+    def _start_view(self) -> ManagedProcess:
+        """The live view on 127.0.0.1, on the same port across restarts."""
+        assert self.info is not None
+        self._view_port = self._view_port or free_port()
+        view = self._spawn("view", ["view", "--port", str(self._view_port)])
+        deadline = time.monotonic() + 60
+        while not port_open(self._view_port):  # its metrics answer before its page does
+            if time.monotonic() > deadline or not view.running():
+                view.stop()
+                raise ServiceError(
+                    f"the view did not open port {self._view_port}: see {view.log_path}"
+                )
+            time.sleep(0.2)
+        self.info.view_url = f"http://127.0.0.1:{self._view_port}/"
+        self._write_state()
+        return view
+
+    def _restart_view(self) -> None:
+        if self.view is not None:
+            self.view.stop()
+        self.view = self._start_view()
 
     def _restart_producer(self) -> None:
         if self.producer is not None:
@@ -450,6 +481,18 @@ class LocalStack:
                     log_from=self._log_from.get("producer", 0),
                 )
             )
+        if self.view is not None:
+            watched.append(
+                Watched(
+                    "view",
+                    running=lambda: self.view is not None and self.view.running(),
+                    restart=self._restart_view,
+                    stop=lambda: self.view.stop() if self.view else None,
+                    log_path=lambda: self.logs_dir / "view.log",
+                    needs=("kafka",),
+                    log_from=self._log_from.get("view", 0),
+                )
+            )
         return watched
 
     def _watched_worker(self, index: int) -> Watched:
@@ -529,7 +572,7 @@ class LocalStack:
             self._lock.release()
 
     def _stop_services(self) -> None:
-        for service in (self.producer, *self.workers, self.triton, self.kafka):
+        for service in (self.view, self.producer, *self.workers, self.triton, self.kafka):
             if service is None:
                 continue
             try:

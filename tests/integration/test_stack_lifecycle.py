@@ -72,7 +72,7 @@ def test_up_shows_every_sample_camera_and_sigterm_stops_everything(tmp_path: Pat
         )
         info = json.loads(status.stdout)
         assert info["running"] is True
-        assert set(info["pids"]) == {"kafka", "triton", "worker", "producer"}
+        assert set(info["pids"]) == {"kafka", "triton", "worker", "producer", "view"}
         kafka_port = int(info["kafka_bootstrap"].rsplit(":", 1)[1])
         grpc_port = int(info["triton_grpc"].rsplit(":", 1)[1])
         assert port_open(kafka_port) and port_open(grpc_port)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -147,6 +148,32 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         yield stack
     finally:
         stack.stop()
+
+
+def test_up_serves_the_live_view_of_its_cameras(up: Up) -> None:
+    # Given `camstream up` running with its sample cameras
+    up.wait_predictions(time.time() - 1, {"cam-street", "cam-bikes"}, timeout_s=120)
+    info = up.info()
+    # Then stack.json names the live view, the console printed it, and it answers
+    url = info["view_url"]
+    assert url.startswith("http://127.0.0.1:"), info
+    assert any(f"live view       : {url}" in line for _at, line in up.lines)
+    assert info["services"]["view"]["state"] == "running"
+    # with a live tile per sample camera: a label and a thumbnail, from the stack's topics
+    deadline = time.monotonic() + 60
+    tiles: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "api/cameras", timeout=5) as response:
+            tiles = {t["camera"]: t for t in json.loads(response.read())["tiles"]}
+        if all(
+            tiles.get(c, {}).get("label") and tiles[c]["thumb"] for c in ("cam-street", "cam-bikes")
+        ):
+            break
+        time.sleep(1)
+    assert {"cam-street", "cam-bikes"} <= set(tiles), tiles
+    for camera in ("cam-street", "cam-bikes"):
+        assert tiles[camera]["label"] and tiles[camera]["thumb"], tiles[camera]
+        assert tiles[camera]["status"] == "live", tiles[camera]
 
 
 def test_second_up_in_the_same_folder_refuses_with_the_pid_and_the_first_keeps_predicting(
