@@ -281,9 +281,11 @@ def test_browser_sees_every_camera_live_and_a_stopped_one_turn_stale(
         assert statuses["view-lobby"] == statuses["view-gate"] == "live"
         seen = browser.run("return window.camstreamView")
         time.sleep(1.0)  # the page's ages tick once more
-        shot = browser.screenshot(tmp_path / "view.png")  # the README's picture
-        (REPO_ROOT / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(tmp_path / "view.png", REPO_ROOT / "docs" / "view.png")
+        shot = browser.screenshot(tmp_path / "view.png")
+        # Kept as the run's artifact (docs/view.png, the README's picture, is one of them)
+        artifacts = REPO_ROOT / ".camstream" / "test-artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "view.png", artifacts / "view.png")
         assert seen["connected"] and seen["snapshots"] >= 1 and seen["events"] > 0
 
         # And the camera page draws its recent predictions and drift windows
