@@ -223,6 +223,9 @@ def promote(
     registry = Registry(config.registry_path)
     cameras = list(camera or [])
     command = " ".join(["camstream promote", ref, *(f"--camera {c}" for c in cameras)])
+    options = RolloutOptions(
+        wait_s, watch_s, canary_tolerance, max_latency_ms, max_error_rate, load_timeout_s, no_live
+    )
     if model not in registry.models() and (config.model_repo / model / str(number)).is_dir():
         out(f"{ref} is not in the registry: routing to the installed version (no gate, no canary)")
         _promote_rollout(
@@ -234,15 +237,7 @@ def promote(
             None,
             command,
             started,
-            RolloutOptions(
-                wait_s,
-                watch_s,
-                canary_tolerance,
-                max_latency_ms,
-                max_error_rate,
-                load_timeout_s,
-                no_live,
-            ),
+            options,
             None,
         )
         return
@@ -292,15 +287,7 @@ def promote(
         candidate,
         command,
         started,
-        RolloutOptions(
-            wait_s,
-            watch_s,
-            canary_tolerance,
-            max_latency_ms,
-            max_error_rate,
-            load_timeout_s,
-            no_live,
-        ),
+        options,
         set_champion,
     )
 
