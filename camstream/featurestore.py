@@ -11,10 +11,12 @@ import contextlib
 import fcntl
 import importlib.util
 import io
+import math
 import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,18 @@ COLUMN_DEFAULTS: dict[str, Any] = {
     name: CameraSpec.model_fields[name].default for name in META_COLUMNS
 }
 META_FILE = Path("data") / "camera_meta.parquet"
+# Where a camera's frames come from: kept in the offline rows beside the metadata, for
+# producers that follow the registry (`camstream produce --from-registry`); not features.
+PRODUCER_COLUMNS = (
+    "source",
+    "fps",
+    "loop",
+    "max_width",
+    "max_height",
+    "jpeg_quality",
+    "enabled",
+    "backpressure",
+)
 
 
 class FeatureRepoError(ConfigError):
@@ -104,6 +118,7 @@ def upsert_cameras(store: FeatureStore, cameras: list[CameraSpec]) -> None:
             {
                 "camera_id": c.id,
                 **{column: getattr(c, column) for column in META_COLUMNS},
+                **{column: _producer_value(c, column) for column in PRODUCER_COLUMNS},
                 "event_timestamp": now,
                 "created": now,
             }
@@ -150,8 +165,16 @@ def _update(store: FeatureStore, path: Path, updates: dict[str, dict[str, Any]])
         current = {c: _plain(latest.loc[camera_id, c]) for c in META_COLUMNS}
         # Validated as a whole camera, so a bad value is refused with its reason.
         CameraSpec.model_validate({"id": camera_id, "source": "synthetic", **current, **change})
+        kept = {c: _plain(latest.loc[camera_id, c]) for c in PRODUCER_COLUMNS if c in latest}
         added.append(
-            {"camera_id": camera_id, **current, **change, "event_timestamp": now, "created": now}
+            {
+                "camera_id": camera_id,
+                **current,
+                **change,
+                **kept,
+                "event_timestamp": now,
+                "created": now,
+            }
         )
     # A new row, not an edit: point-in-time reads (collect) of earlier frames still see
     # the metadata as it was then.
@@ -161,7 +184,8 @@ def _update(store: FeatureStore, path: Path, updates: dict[str, dict[str, Any]])
     # MATERIALIZING and rewrites the registry, and every worker read fails meanwhile.
     for column in FLOAT32_COLUMNS:
         changed[column] = changed[column].astype("float32")
-    store.write_to_online_store(META_VIEW, changed)
+    online = changed[["camera_id", *META_COLUMNS, "event_timestamp", "created"]]
+    store.write_to_online_store(META_VIEW, online)
 
 
 def _latest(rows: pd.DataFrame) -> pd.DataFrame:
@@ -233,19 +257,36 @@ def camera_features(store: FeatureStore, camera_ids: list[str]) -> dict[str, dic
 
 
 def registered_cameras(repo: Path) -> list[dict[str, Any]]:
-    """The registered cameras' metadata from the offline source, sorted by id."""
+    """The registered cameras' metadata from the offline source, sorted by id, with
+    their producer fields (``PRODUCER_COLUMNS``; None where a row has none: a camera
+    registered before they were kept)."""
     rows = _read_meta(repo / META_FILE)
     if rows is None:
         return []
     rows = _latest(rows).sort_values("camera_id")
     return [
-        {"camera_id": row["camera_id"], **{c: _plain(row[c]) for c in META_COLUMNS}}
+        {
+            "camera_id": row["camera_id"],
+            **{c: _plain(row[c]) for c in META_COLUMNS},
+            **{c: _present(row.get(c)) for c in PRODUCER_COLUMNS},
+        }
         for _, row in rows.iterrows()
     ]
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def _present(value: Any) -> Any:
+    """A stored value, or None for a missing one (null, NaN)."""
+    plain = None if value is None else _plain(value)
+    return None if isinstance(plain, float) and math.isnan(plain) else plain
+
+
+def _producer_value(camera: CameraSpec, column: str) -> Any:
+    value = getattr(camera, column)
+    return "" if value is None else value.value if isinstance(value, StrEnum) else value
 
 
 def remove_cameras(store: FeatureStore, camera_ids: list[str]) -> list[str]:

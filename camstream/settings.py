@@ -206,6 +206,13 @@ class Settings(BaseSettings):
         description="OPENCV_FFMPEG_CAPTURE_OPTIONS for streams (replaces OpenCV's defaults: "
         "keep rtsp_transport;tcp unless UDP is wanted).",
     )
+    producer_registry_poll_s: float = Field(
+        default=2.0,
+        ge=0.1,
+        le=300,
+        description="`camstream produce --from-registry`: how often the Feast registry is "
+        "read again, so added cameras start and removed ones stop within about this.",
+    )
     # -- end of producer settings --
 
     # Drift and data quality (streams/drift.py)

@@ -27,6 +27,7 @@ from camstream.records import FrameHeaders
 from camstream.settings import Settings
 from producers.delivery import FramePublisher, ProducerFatalError, topic_message_limit
 from producers.feed import FeedConfig, Frame, LatestFeed, PacedFeed
+from producers.fleet import Fleet
 from producers.sources import Image, Timeouts, make_source
 from producers.stats import CameraCounters, CameraState, DropReason, ProducerStats
 
@@ -172,6 +173,7 @@ def run_producers(
     on_tick: Callable[[ProducerStats], None] | None = None,
     record_seqs: bool | None = None,
     pace: bool = True,
+    follow: Callable[[], list[CameraSpec]] | None = None,
 ) -> ProducerStats:
     """Produce every enabled camera until each ends, ``stop`` is set or Kafka refuses
     the producer; then flush for up to ``producer_flush_s``.
@@ -181,8 +183,12 @@ def run_producers(
     per camera (``stats.delivered``) when ``record_seqs``, by default for bounded runs
     (``max_frames``) only, so a producer left running for weeks does not grow.
     ``pace=False`` (benchmarks only) reads file and synthetic sources as fast as they go.
+
+    ``follow``: the cameras wanted now (``producers.fleet.registry_cameras``), called
+    every ``producer_registry_poll_s`` instead of ``cameras``: cameras start and stop
+    as it changes, and the producer runs until ``stop`` even with none.
     """
-    enabled = check_cameras(cameras)
+    enabled = check_cameras(cameras) if follow is None else []
     configure_ffmpeg(settings)
     try:
         publisher = FramePublisher(settings, topic_message_limit(settings))
@@ -191,40 +197,50 @@ def run_producers(
             f"invalid Kafka client configuration ({exc}); fix CAMSTREAM_KAFKA_CONFIG"
         ) from exc
     keep = max_frames is not None if record_seqs is None else record_seqs
-    stats = ProducerStats({c.id: CameraCounters(c.id, record_seqs=keep) for c in enabled})
-    halt = threading.Event()
-    workers = [
-        CameraWorker(c, publisher, stats.cameras[c.id], settings, halt, max_frames, pace)
-        for c in enabled
-    ]
-    for worker in workers:
-        worker.start()
+    stats = ProducerStats()
+    fleet = Fleet(settings, publisher, stats, max_frames=max_frames, pace=pace, record_seqs=keep)
+    for camera in enabled:
+        fleet.start(camera)
     log.info(
         "producer.started",
-        cameras=len(workers),
+        cameras=len(enabled),
         topic=settings.frames_topic,
         frame_limit=publisher.frame_limit,
+        from_registry=follow is not None,
     )
-    next_status = time.monotonic() + settings.producer_status_interval_s
+    now = time.monotonic()
+    next_status = now + settings.producer_status_interval_s
+    next_poll = now
     try:
-        while any(w.is_alive() for w in workers):
+        while follow is not None or fleet.any_alive():
             if stop.wait(0.05) or publisher.fatal_event.is_set():
                 break
+            now = time.monotonic()
+            if follow is not None and now >= next_poll:
+                next_poll = now + settings.producer_registry_poll_s
+                _follow(fleet, follow)
             if on_tick is not None:
                 on_tick(stats)
-            if time.monotonic() >= next_status:
+            if now >= next_status:
                 next_status += settings.producer_status_interval_s
                 log_status(stats, publisher.in_flight())
     finally:
-        halt.set()
-        deadline = time.monotonic() + 2.0
-        for worker in workers:
-            worker.join(timeout=max(deadline - time.monotonic(), 0.05))
+        fleet.halt()
         publisher.close(0 if publisher.fatal else settings.producer_flush_s)
     log_status(stats, 0)
     if publisher.fatal:
         raise ProducerFatalError(publisher.fatal)
     return stats
+
+
+def _follow(fleet: Fleet, wanted: Callable[[], list[CameraSpec]]) -> None:
+    """One poll of the wanted cameras; an unreadable registry keeps the fleet as it is."""
+    try:
+        cameras = wanted()
+    except Exception as exc:  # a registry being rewritten, a full disk: try again later
+        log.warning("fleet.registry_unreadable", error=repr(exc))
+        return
+    fleet.reconcile(cameras)
 
 
 def log_status(stats: ProducerStats, in_flight: int) -> None:

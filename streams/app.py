@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gc
 import ssl
 import sys
@@ -156,8 +155,11 @@ def build_app(settings: Settings) -> faust.App:
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _every_second() -> None:
         await worker.tick(time.time_ns() // 1_000_000)
-        _update_lag(app, settings.frames_topic)
         record_gc_pauses()
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def _lag_every_second() -> None:  # apart: a slow broker answer delays no tick
+        await _update_lag(app, settings.frames_topic)
 
     @app.timer(interval=settings.feature_push_interval_s)  # type: ignore[untyped-decorator]
     async def _push_features() -> None:
@@ -205,17 +207,27 @@ def record_gc_pauses() -> None:
         GC_PAUSE.labels(str(generation)).observe(seconds)
 
 
-def _update_lag(app: faust.App, topic: str) -> None:
-    """Consumer lag per assigned frames partition: log end offset - committed offset."""
+async def _update_lag(app: faust.App, topic: str) -> None:
+    """Consumer lag per assigned frames partition: log end offset - committed offset.
+
+    The end offsets come from the broker (a ListOffsets request), not the consumer's
+    last fetch: a partition paused because the worker's buffer is full (Triton down)
+    is not fetched, and its lag must still grow. A broker that does not answer within
+    two seconds leaves the gauges as they were."""
     consumer = app.consumer
+    partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+    if not partitions:
+        return
+    try:
+        ends = await asyncio.wait_for(consumer.highwaters(*partitions), timeout=2.0)
+    except Exception as exc:  # the broker away or the group rebalancing: next second
+        log.debug("worker.lag_unknown", error=repr(exc))
+        return
     committed = exactly_once.committed_offsets(app)
-    for tp in consumer.assignment():
-        if tp.topic != topic:
-            continue
-        with contextlib.suppress(Exception):
-            end = consumer.highwater(tp)
-            if end is not None:
-                LAG.labels(str(tp.partition)).set(max(0, end - (committed.get(tp) or 0)))
+    for tp in partitions:
+        end = ends.get(tp)
+        if end is not None:
+            LAG.labels(str(tp.partition)).set(max(0, end - (committed.get(tp) or 0)))
 
 
 def run_worker(settings: Settings) -> None:

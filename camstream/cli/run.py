@@ -48,6 +48,15 @@ def produce(
     max_frames: Annotated[
         int | None, typer.Option(help="Stop each camera after this many frames.")
     ] = None,
+    from_registry: Annotated[
+        bool,
+        typer.Option(
+            "--from-registry",
+            help="Produce the cameras registered in Feast with a source (`camstream cameras "
+            "add ID --source ...`), following the registry: a camera added starts, one "
+            "removed stops, within CAMSTREAM_PRODUCER_REGISTRY_POLL_S; runs until SIGTERM.",
+        ),
+    ] = False,
 ) -> None:
     """Publish camera frames to the frames topic until the sources end or SIGTERM.
 
@@ -59,6 +68,24 @@ def produce(
     from producers.producer import check_cameras, run_producers
 
     config = settings()
+    if from_registry:
+        if cameras is not None or camera_id or source:
+            raise CameraConfigError("--from-registry takes no --cameras, --camera-id or --source")
+        from producers.fleet import registry_cameras
+
+        repo = config.feast_repo_path
+        if not (repo / "feature_store.yaml").is_file():
+            raise CameraConfigError(
+                f"no Feast repo at {repo} for --from-registry: run `camstream up` (or "
+                "`camstream setup`) there, or set CAMSTREAM_FEAST_REPO"
+            )
+        stop = stop_event()
+        serve_metrics(config.metrics_port)
+        stats = run_producers(
+            config, [], stop, max_frames=max_frames, follow=lambda: registry_cameras(repo)
+        )
+        out(json.dumps(stats.summary()))
+        return
     if cameras is not None:
         specs = load_cameras(cameras)
     elif camera_id and source:

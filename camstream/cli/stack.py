@@ -1,4 +1,5 @@
-"""The local stack: `camstream setup`, `up` and `status`."""
+"""The local stack: `camstream setup`, `up` and `status` (`--watch`: the table of
+camstream.stack.health)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,21 @@ def up(
     view: Annotated[
         bool, typer.Option(help="Start the live view (`camstream view`) on 127.0.0.1.")
     ] = True,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            help="Run Prometheus (Debian's) on 127.0.0.1: it scrapes every process of "
+            "the stack and evaluates the repository's alert rules."
+        ),
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Stream workers in the group.")] = 1,
 ) -> None:
     """Start the local stack (Kafka, Triton, Feast, a worker, sample producers, the live
-    view) and show predictions as they flow. One stack per state folder
-    (CAMSTREAM_STATE_DIR): a second `up` there refuses at once. Every service is
-    watched: one that exits is reported in one line and started again on the same
-    ports; one that keeps failing stops the stack. Ctrl-C or SIGTERM stops every
-    process it started."""
+    view and, with --prometheus, Prometheus) and show predictions as they flow. One
+    stack per state folder (CAMSTREAM_STATE_DIR): a second `up` there refuses at once.
+    Every service is watched: one that exits is reported in one line and started again
+    on the same ports; one that keeps failing stops the stack. Ctrl-C or SIGTERM stops
+    every process it started."""
     from camstream.stack.process import StackLock
 
     config = settings()
@@ -56,7 +65,7 @@ def up(
     lock = StackLock(config.state_dir.resolve()).acquire()
     try:
         with _native_stderr_to(config.state_dir.resolve() / "logs" / "up.log", config):
-            _run_stack(config, lock, duration, producers, quiet, view)
+            _run_stack(config, lock, duration, producers, quiet, view, prometheus, workers)
     finally:
         lock.release()
 
@@ -98,6 +107,8 @@ def _run_stack(
     producers: bool,
     quiet: bool,
     view: bool = True,
+    prometheus: bool = False,
+    workers: int = 1,
 ) -> None:
     from camstream.errors import ServiceError
     from camstream.stack.local import LocalStack
@@ -110,12 +121,14 @@ def _run_stack(
     stack = LocalStack(
         config,
         cameras,
+        workers=workers,
         supervise=True,
         lock=lock,
         on_event=_say,
         on_failure=lambda _reason: stop.set(),
         metrics_port=config.metrics_port,
         view=view,
+        prometheus=prometheus,
     )
     try:
         info = stack.start()
@@ -126,6 +139,8 @@ def _run_stack(
         out(f"  feast repo      : {info.feast_repo}")
         if info.view_url:
             out(f"  live view       : {info.view_url}")
+        if info.prometheus_url:
+            out(f"  prometheus      : {info.prometheus_url}")
         for name, port in info.metrics_ports.items():
             out(f"  {name + ' metrics':<16}: http://127.0.0.1:{port}/metrics")
         for name, path in {**info.logs, "up": f"{info.state_dir}/logs/up.log"}.items():
@@ -148,28 +163,68 @@ def _run_stack(
 
 
 @app.command()
-def status() -> None:
+def status(
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Show the stack's health as a table, refreshed until Ctrl-C: services "
+            "(state, restarts, lag, rates), cameras (fps in and out, state), alerts.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", "-n", min=0.2, help="Seconds between refreshes.")
+    ] = 2.0,
+) -> None:
     """Print the local stack of the state folder as JSON: endpoints, and per service
     (``services``) its state (running, down, waiting, restarting, failed), pid, restart
-    count, last exit and log. Exits 1 when no stack runs there."""
+    count, last exit and log. Exits 1 when no stack runs there. With --watch, the same
+    health as a table for a person (on SSH too), refreshed every --interval seconds;
+    Ctrl-C or SIGTERM ends it (exit 0)."""
     from dataclasses import asdict
 
     from camstream.stack.local import read_state, stack_holder
 
     config = load_settings()
     state_dir = config.state_dir.resolve()
+    if watch:
+        _watch_status(state_dir, interval)
+        return
     holder = stack_holder(state_dir)
     info = read_state(state_dir)
     if holder is None:
         report: dict[str, object] = {"running": False, "state_dir": str(state_dir)}
         if info is not None:
-            report["note"] = (
-                f"left by a stack that did not stop cleanly (pid {info.launcher_pid}); "
-                "the next `camstream up` recovers it"
-            )
+            from camstream.stack.health import left_note
+
+            report["note"] = left_note(info)
         out(json.dumps(report))
         raise typer.Exit(1)
     if info is None:  # locked, the state file not written yet
         out(json.dumps({"running": True, "state": "starting", "launcher_pid": holder.pid}))
         return
     out(json.dumps({"running": True, **asdict(info), "env": info.env()}, indent=2))
+
+
+def _watch_status(state_dir: Path, interval_s: float) -> None:
+    """Redraw the table in place on a terminal; print one after another into a pipe."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from camstream.stack.health import collect_status, status_table
+
+    stop = stop_event()
+    console = Console()
+    snapshot = collect_status(state_dir)
+    if not console.is_terminal:
+        console.print(status_table(snapshot, interval_s=interval_s))
+        while not stop.wait(interval_s):
+            snapshot, before = collect_status(state_dir), snapshot
+            console.print(status_table(snapshot, before, interval_s))
+        return
+    table = status_table(snapshot, interval_s=interval_s)
+    with Live(table, console=console, auto_refresh=False) as live:
+        while not stop.wait(interval_s):
+            snapshot, before = collect_status(state_dir), snapshot
+            live.update(status_table(snapshot, before, interval_s), refresh=True)

@@ -1,13 +1,14 @@
 """The local stack: every real service as a local process, for machines without Docker.
 
 Kafka (KRaft), Triton (CPU), the Feast repo (SQLite online store), a Faust worker and,
-optionally, producers for the sample cameras. One stack per state folder: the stack
-holds ``<state_dir>/stack.lock`` for its life (``StackLock``), and recovers a folder
-that a killed stack left. Endpoints and each service's state go to
-``<state_dir>/stack.json`` as they come up, so that ``camstream status`` and other
-programs can join; with ``supervise``, a ``Supervisor`` starts any service that exits
-again, on the same ports and data; everything started is stopped, in reverse order, by
-``stop()``.
+optionally, producers for the sample cameras, the live view and a Prometheus scraping
+every process (its targets follow the metrics ports as services start and restart).
+One stack per state folder: the stack holds ``<state_dir>/stack.lock`` for its life
+(``StackLock``), and recovers a folder that a killed stack left. Endpoints and each
+service's state go to ``<state_dir>/stack.json`` as they come up, so that ``camstream
+status`` and other programs can join; with ``supervise``, a ``Supervisor`` starts any
+service that exits again, on the same ports and data; everything started is stopped,
+in reverse order, by ``stop()``.
 
 The heavy imports (Kafka and Feast clients) happen in ``start()``: reading the state
 and checking the lock stay cheap (`camstream status`, a refused `camstream up`).
@@ -42,6 +43,7 @@ from camstream.stack.process import (
     port_open,
     process_start_time,
 )
+from camstream.stack.prometheus import PrometheusServer, stack_targets
 from camstream.stack.supervisor import RestartPolicy, Supervisor, Watched
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class StackInfo:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     triton_shm_prefix: str = ""
     view_url: str = ""
+    prometheus_url: str = ""
 
     def env(self) -> dict[str, str]:
         """CAMSTREAM_* variables that point a process at this stack."""
@@ -178,6 +181,7 @@ class LocalStack:
         metrics_port: int | None = None,
         restart_policy: RestartPolicy | None = None,
         view: bool = False,
+        prometheus: bool = False,
     ) -> None:
         """Every child (workers, producers) runs with ``settings`` as given, pointed at
         the stack's services (``child_settings``); ``worker_env`` holds ``CAMSTREAM_*``
@@ -192,7 +196,11 @@ class LocalStack:
         lock, when the caller took it first (`camstream up` does, before anything
         else). ``metrics_port``: serve the stack's own metrics (restarts, services up)
         there (0: a free port). ``view``: start the live view (`camstream view`, on
-        127.0.0.1) once the producers run; its address goes into stack.json."""
+        127.0.0.1) once the producers run; its address goes into stack.json.
+        ``prometheus``: run a real Prometheus (Debian's) first, scraping every metrics
+        port of the stack and Triton's as each service comes up (restarted workers and
+        added ones included), with the repository's alert rules; its address goes into
+        stack.json."""
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
@@ -204,7 +212,9 @@ class LocalStack:
         self.workers: list[ManagedProcess] = []
         self.producer: ManagedProcess | None = None
         self.view: ManagedProcess | None = None
+        self.prometheus: PrometheusServer | None = None
         self._view = view
+        self._prometheus = prometheus
         self._view_port = 0
         self.info: StackInfo | None = None
         self.failure: str | None = None
@@ -241,6 +251,9 @@ class LocalStack:
                 self.info.metrics_ports["stack"] = serve_metrics(self._metrics_port)
             self._write_state()
             started = time.monotonic()
+            if self._prometheus:
+                # First: a missing binary fails at once, and it sees every start-up.
+                self._start_prometheus()
             self._start_services()
         except BaseException:
             self.stop()
@@ -357,11 +370,9 @@ class LocalStack:
         return process
 
     def _start_producer(self) -> ManagedProcess:
-        from camstream.cameras import dump_cameras
-
-        cameras_file = self.state_dir / "cameras.yaml"
-        dump_cameras(self.cameras, cameras_file)
-        return self._spawn("producer", ["produce", "--cameras", str(cameras_file)])
+        """The producer follows the Feast registry, where the sample cameras were put:
+        `camstream cameras add ID --source ...` starts a camera, `remove` stops it."""
+        return self._spawn("producer", ["produce", "--from-registry"])
 
     def _start_view(self) -> ManagedProcess:
         """The live view on 127.0.0.1, on the same port across restarts."""
@@ -379,6 +390,31 @@ class LocalStack:
         self.info.view_url = f"http://127.0.0.1:{self._view_port}/"
         self._write_state()
         return view
+
+    def _start_prometheus(self) -> None:
+        assert self.info is not None
+        with self._state_guard:
+            targets = stack_targets(self.info)
+        self.prometheus = PrometheusServer(self.state_dir / "prometheus", self.logs_dir, targets)
+        self._log_from["prometheus"] = log_size(self.prometheus.log_path)
+        self.info.prometheus_url = self.prometheus.start()
+        self._record("prometheus", self.prometheus.pid, self.prometheus.log_path)
+
+    def _restart_prometheus(self) -> None:
+        """Again on the same port, TSDB and targets (its config is written afresh)."""
+        assert self.prometheus is not None
+        self.prometheus.stop()
+        self.prometheus.start()
+        self._record("prometheus", self.prometheus.pid, self.prometheus.log_path)
+
+    def _sync_targets(self) -> None:
+        """Point Prometheus at the stack's metrics ports as they are now."""
+        if self.prometheus is None or self.info is None:
+            return
+        with self._state_guard:
+            targets = stack_targets(self.info)
+        if targets != self.prometheus.targets:
+            self.prometheus.set_targets(targets)
 
     def _restart_view(self) -> None:
         if self.view is not None:
@@ -481,6 +517,18 @@ class LocalStack:
                     log_from=self._log_from.get("producer", 0),
                 )
             )
+        if self.prometheus is not None:
+            prometheus = self.prometheus
+            watched.append(
+                Watched(
+                    "prometheus",
+                    running=prometheus.running,
+                    restart=self._restart_prometheus,
+                    stop=prometheus.stop,
+                    log_path=lambda: prometheus.log_path,
+                    log_from=self._log_from.get("prometheus", 0),
+                )
+            )
         if self.view is not None:
             watched.append(
                 Watched(
@@ -529,7 +577,8 @@ class LocalStack:
             log.error("stack.failed", reason=reason)
 
     def _record(self, name: str, pid: int, log_path: Path) -> None:
-        """A service (re)started as ``pid``: into the state file."""
+        """A service (re)started as ``pid``: into the state file, and its metrics port
+        (a new one, or the same) into Prometheus' targets."""
         assert self.info is not None
         with self._state_guard:
             self.info.pids[name] = pid
@@ -539,6 +588,7 @@ class LocalStack:
             )
             entry.update(pid=pid, start_time=process_start_time(pid), since=round(time.time(), 3))
         self._write_state()
+        self._sync_targets()
 
     def _service_changed(self, service: Watched) -> None:
         assert self.info is not None
@@ -559,8 +609,9 @@ class LocalStack:
     # Stop -----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop producers first (they flush), then workers (they commit), then servers;
-        then drop the state file and the folder's lock."""
+        """Stop Prometheus first (it would only record the others going), then
+        producers (they flush), then workers (they commit), then servers; then drop the
+        state file and the folder's lock."""
         if self._supervisor is not None:
             self._supervisor.halt()
         self._stop_services()
@@ -572,7 +623,8 @@ class LocalStack:
             self._lock.release()
 
     def _stop_services(self) -> None:
-        for service in (self.view, self.producer, *self.workers, self.triton, self.kafka):
+        services = (self.prometheus, self.view, self.producer, *self.workers)
+        for service in (*services, self.triton, self.kafka):
             if service is None:
                 continue
             try:

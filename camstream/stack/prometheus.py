@@ -5,8 +5,11 @@ it is given (``Target``: a job and a host:port; ``stack_targets`` makes them fro
 ``StackInfo``), evaluates the repository's alert rules (docker/prometheus/), and serves
 its HTTP API and UI on 127.0.0.1 and a free port. Targets live in a file-discovery
 file, so ``set_targets`` changes them while it runs (a worker added, a view started).
-``start()`` returns its address once ready; ``stop()`` (SIGTERM, then SIGKILL) leaves
-no process behind. Job names are docker/prometheus.yml's (``camstream-worker``,
+``start()`` returns its address once ready (again on the same port and data after
+``stop()``: the local stack restarts it so); ``stop()`` (SIGTERM, then SIGKILL) leaves
+no process behind. ``PrometheusAPI`` reads the HTTP API of any running one (queries,
+targets, alerts), by its address: `camstream status --watch` shows the stack's firing
+alerts with it. Job names are docker/prometheus.yml's (``camstream-worker``,
 ``camstream-producer``, ``triton``), so one set of rules and dashboards serves both.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -73,7 +77,58 @@ def find_binary(name: str = "prometheus") -> Path:
     return Path(found)
 
 
-class PrometheusServer:
+class PrometheusAPI:
+    """The HTTP API of a Prometheus at ``url`` (``http://host:port``); each request
+    waits at most ``timeout_s``."""
+
+    def __init__(self, url: str = "", timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+
+    def api(self, path: str, **params: str) -> Any:
+        """``/api/v1/<path>``'s ``data``; raises ServiceError on an error answer."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        url = f"{self.url}/api/v1/{path}{query}"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read() or b"{}")
+        if answer.get("status") != "success":
+            raise ServiceError(f"prometheus {path} {params}: {answer.get('error', answer)}")
+        return answer["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant vector (or scalar, as one sample) of ``expr`` now, or at the
+        Unix time ``at``."""
+        when = {} if at is None else {"time": f"{at:.3f}"}
+        data = self.api("query", query=expr, **when)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return list(data["result"])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self.api("alerts")["alerts"])
+
+    def active_targets(self) -> list[dict[str, Any]]:
+        return list(self.api("targets")["activeTargets"])
+
+    def wait_scraped(self, timeout_s: float = 30.0) -> None:
+        """Until every target has been scraped successfully once."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            active = self.active_targets()
+            if active and all(t["health"] == "up" for t in active):
+                return
+            time.sleep(0.5)
+        down = [f"{t['labels'].get('job')} {t['scrapeUrl']}: {t['lastError']}" for t in active]
+        raise ServiceError(f"prometheus targets not up after {timeout_s:.0f}s: {down}")
+
+
+class PrometheusServer(PrometheusAPI):
+    """One prometheus process: its configuration, targets file and TSDB in
+    ``data_dir``, its log in ``log_dir``."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -86,6 +141,7 @@ class PrometheusServer:
         port: int = 0,
         retention: str = "2d",
     ) -> None:
+        super().__init__()
         self.data_dir = data_dir
         self.log_path = log_dir / "prometheus.log"
         self.rule_files = [Path(p).resolve() for p in rule_files]
@@ -93,8 +149,8 @@ class PrometheusServer:
         self.evaluation_interval_s = evaluation_interval_s
         self.port = port
         self.retention = retention
-        self.url = ""
         self._targets = list(targets)
+        self._targets_lock = threading.Lock()  # the stack's threads all set targets
         self._process: ManagedProcess | None = None
 
     @property
@@ -108,7 +164,7 @@ class PrometheusServer:
     def write_config(self) -> Path:
         """The configuration file (and the targets file it discovers); returns it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.set_targets(self._targets)
+        self.set_targets(self.targets)
         config = {
             "global": {
                 "scrape_interval": _duration(self.scrape_interval_s),
@@ -135,16 +191,23 @@ class PrometheusServer:
         return self.config_path
 
     def set_targets(self, targets: Sequence[Target]) -> None:
-        """Replace the scraped targets (a running server picks them up within seconds)."""
-        self._targets = list(targets)
+        """Replace the scraped targets (a running server picks them up within seconds:
+        it watches the file). The file is replaced whole, never seen half-written."""
         groups: dict[str, list[str]] = {}
-        for target in self._targets:
+        for target in targets:
             groups.setdefault(target.job, []).append(target.address)
         body = [{"targets": addresses, "labels": {"job": job}} for job, addresses in groups.items()]
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.targets_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        tmp.replace(self.targets_path)
+        with self._targets_lock:
+            self._targets = list(targets)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.targets_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(body, indent=2) + "\n")
+            tmp.replace(self.targets_path)
+
+    @property
+    def targets(self) -> list[Target]:
+        with self._targets_lock:
+            return list(self._targets)
 
     def check_rules(self) -> str:
         """`promtool check rules` of the rule files; raises ConfigError with its output."""
@@ -169,7 +232,7 @@ class PrometheusServer:
         if missing:
             raise ConfigError(f"Prometheus rule files not found: {', '.join(missing)}")
         self.port = self.port or free_port()
-        self.write_config()
+        self.write_config()  # with the targets as they are now: a restart keeps them
         argv = [
             str(binary),
             f"--config.file={self.config_path}",
@@ -204,44 +267,6 @@ class PrometheusServer:
 
     def stop(self) -> int | None:
         return None if self._process is None else self._process.stop()
-
-    # The HTTP API --------------------------------------------------------------------
-
-    def api(self, path: str, **params: str) -> Any:
-        """``/api/v1/<path>``'s ``data``; raises ServiceError on an error answer."""
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=10) as r:
-                answer = json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            answer = json.loads(exc.read() or b"{}")
-        if answer.get("status") != "success":
-            raise ServiceError(f"prometheus {path} {params}: {answer.get('error', answer)}")
-        return answer["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector (or scalar, as one sample) of ``expr`` now."""
-        data = self.api("query", query=expr)
-        if data["resultType"] in ("scalar", "string"):
-            return [{"metric": {}, "value": data["result"]}]
-        return list(data["result"])
-
-    def alerts(self) -> list[dict[str, Any]]:
-        return list(self.api("alerts")["alerts"])
-
-    def active_targets(self) -> list[dict[str, Any]]:
-        return list(self.api("targets")["activeTargets"])
-
-    def wait_scraped(self, timeout_s: float = 30.0) -> None:
-        """Until every target has been scraped successfully once."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            active = self.active_targets()
-            if active and all(t["health"] == "up" for t in active):
-                return
-            time.sleep(0.5)
-        down = [f"{t['labels'].get('job')} {t['scrapeUrl']}: {t['lastError']}" for t in active]
-        raise ServiceError(f"prometheus targets not up after {timeout_s:.0f}s: {down}")
 
 
 def _duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ promote) -> 2 (promote) -> 1 (rollback), under load -> broken 4 and altered 5 re
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -39,12 +40,14 @@ from typer.testing import CliRunner, Result
 from camstream import featurestore, modelrepo
 from camstream.cameras import CameraSpec
 from camstream.cli import app
+from camstream.datasets import Dataset, DatasetInfo, LabelSource, Split, dataset_dir, sha256_file
+from camstream.datasets import Record as DatasetRecord
 from camstream.imaging import to_model_input
 from camstream.registry import Registry
 from camstream.rollout import HISTORY_FILE, read_records
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.local import LocalStack
-from camstream.stack.setup import prepare
+from camstream.stack.setup import CONVEYOR_TRUTH, ensure_conveyor, prepare
 from tests.support.models import (
     FASHION_MODEL,
     register_altered_preprocessing,
@@ -496,3 +499,130 @@ def test_two_promotes_at_once_one_is_refused_and_all_agree_after(world: World) -
     # And Triton, config.pbtxt, serving.json, Feast and the registry agree on the winner
     _consistent(world, winner)
     assert json.loads(modelrepo.serving_path(world.repo, MODEL).read_text()) == {"version": winner}
+
+
+def _conveyor_dataset(datasets_dir: Path, folder: Path) -> tuple[Dataset, list[tuple[str, str]]]:
+    """The conveyor camera's images as a dataset (all of them its test split, labelled
+    by their ground truth), and (file, label) in the order the camera sends them."""
+    with (folder / CONVEYOR_TRUTH).open(newline="") as handle:
+        rows = [(row["file"], row["label"]) for row in csv.DictReader(handle)]
+    root = dataset_dir(datasets_dir, "conveyor")
+    dataset = Dataset.create(root, DatasetInfo("conveyor", "import", int(time.time() * 1000)))
+    (root / "images").mkdir(parents=True)
+    for name, label in rows:
+        shutil.copyfile(folder / name, root / "images" / name)
+        dataset.records.append(
+            DatasetRecord(
+                path=f"images/{name}",
+                sha256=sha256_file(root / "images" / name),
+                label=label,
+                label_source=LabelSource.DATASET,
+                split=Split.TEST,
+            )
+        )
+    dataset.save()
+    return dataset, rows
+
+
+def test_the_conveyor_promoted_to_fashion_classifies_live_as_its_offline_evaluation(
+    world: World, record_property: Any
+) -> None:
+    # Given the conveyor camera (Fashion-MNIST products) on the pretrained ImageNet model
+    # beside the street camera, and the fashion champion
+    champion = world.registry.aliases(MODEL)["champion"]
+    featurestore.upsert_cameras(
+        featurestore.open_store(world.feast), [CameraSpec(id="cam-conveyor", source="synthetic")]
+    )
+    folder = ensure_conveyor(Settings().cache_dir)
+    dataset, rows = _conveyor_dataset(Path(world.env["CAMSTREAM_DATASETS_DIR"]), folder)
+    jpegs = [(folder / name).read_bytes() for name, _label in rows]
+    producer = world.stack.producer()
+
+    def send(camera: str, seqs: range) -> None:
+        for seq in seqs:
+            jpeg = jpegs[(seq - 1) % len(jpegs)]
+            world.stack.publish(producer, camera, seq, jpeg, 224, 224)
+        producer.flush(30)
+
+    before = range(1, 31)
+    send("cam-conveyor", before)
+    on_imagenet = predictions_of(
+        world.stack, {"cam-conveyor"}, {("cam-conveyor", s) for s in before}
+    )
+    assert {p["model"]["name"] for p in on_imagenet} == {IMAGENET}
+
+    # When it is promoted to the fashion champion, that camera only
+    result, _ = _cli(
+        world.env, "promote", f"{MODEL}:{champion}", "--camera", "cam-conveyor",
+        "--force", "--reason", "conveyor", "--watch-s", "0",
+    )  # fmt: skip
+    _ok(result)
+    assert world.routes()["cam-conveyor"] == (MODEL, str(champion))
+    # and every conveyor image passes once, with street frames between
+    after = range(1001, 1001 + len(rows))
+    send("cam-conveyor", after)
+    send("street", range(5001, 5021))
+    live = predictions_of(world.stack, {"cam-conveyor"}, {("cam-conveyor", s) for s in after})
+    live = [p for p in live if p["seq"] in after]
+    street = predictions_of(world.stack, {"street"}, {("street", s) for s in range(5001, 5021)})
+
+    # Then the conveyor was answered by the fashion version, the street by ImageNet
+    assert {(p["model"]["name"], p["model"]["version"]) for p in live} == {(MODEL, str(champion))}
+    assert {p["model"]["name"] for p in street if p["seq"] > 5000} == {IMAGENET}
+    # and its live accuracy is within 2 points of the version's offline evaluation of the
+    # same images, image by image nearly always the same top-1 (no training-serving skew)
+    truth = {seq: label for seq, (_name, label) in zip(after, rows, strict=True)}
+    top1 = {p["seq"]: p["top_k"][0]["label"] for p in live}
+    live_accuracy = sum(top1[s] == truth[s] for s in after) / len(rows)
+    evaluated, _ = _cli(
+        world.env, "evaluate", "--model", f"{MODEL}:{champion}", "--dataset", dataset.name
+    )
+    report_path = Path(_ok(evaluated).strip().splitlines()[-1])
+    report = json.loads(report_path.read_text())
+    offline = {
+        json.loads(line)["path"]: json.loads(line)["pred"]
+        for line in (report_path.parent / "predictions.jsonl").read_text().splitlines()
+    }
+    same = sum(
+        top1[seq] == offline[f"images/{name}"] for seq, (name, _l) in zip(after, rows, strict=True)
+    )
+    record_property("conveyor_live_accuracy", round(live_accuracy, 4))
+    record_property("conveyor_offline_accuracy", report["accuracy"])
+    print(
+        f"conveyor: live accuracy {live_accuracy:.3f}, offline {report['accuracy']:.3f} "
+        f"on the same {len(rows)} images; same top-1 {same}/{len(rows)}"
+    )
+    assert report["n"] == len(rows)
+    assert abs(live_accuracy - report["accuracy"]) <= 0.02
+    assert same >= 0.98 * len(rows)
+
+
+SHADOW_P99_RATIO_BOUND = 2.0  # champion p99 with a shadow on every frame / shadow off
+
+
+def test_bench_rollout_loses_no_frame_and_the_shadow_costs_the_champion_little(
+    world: World, record_property: Any
+) -> None:
+    # Given the fashion champion serving and another good version of it
+    champion = world.registry.aliases(MODEL)["champion"]
+    other = next(n for n in (world.versions["copy"], world.versions["copy2"]) if n != champion)
+    # When `camstream bench rollout` promotes it, rolls it back, then shadows belt-a
+    # with it, all under a steady load on two cameras
+    result, took_s = _cli(
+        world.env, "bench", "rollout", f"{MODEL}:{other}",
+        "--camera", "belt-a", "--camera", "street", "--shadow-s", "6", "--json",
+    )  # fmt: skip
+    figures = json.loads(_ok(result).strip().splitlines()[-1])
+    print(f"\nbench rollout ({took_s:.0f} s): {figures}")
+    for name in ("frames", "missing", "failed_requests", "dlq", "shadow_p99_ratio"):
+        record_property(f"bench_{name}", figures[name])
+    # Then every frame came back, no request failed, none went to the DLQ
+    assert figures["frames"] > 2 * 4 * 10
+    assert (figures["missing"], figures["failed_requests"], figures["dlq"]) == (0, 0, 0)
+    # and both switches were timed, and the champion's p99 with the candidate
+    # classifying every one of its frames stayed within the bound of shadow off
+    assert figures["promote_to_switched_s"] and figures["rollback_to_switched_s"]
+    assert figures["shadow_off_p99_ms"] and figures["shadow_on_p99_ms"]
+    assert figures["shadow_p99_ratio"] <= SHADOW_P99_RATIO_BOUND, figures
+    # and the stack is back where it was
+    _consistent(world, champion)

@@ -176,6 +176,76 @@ def test_up_serves_the_live_view_of_its_cameras(up: Up) -> None:
         assert tiles[camera]["status"] == "live", tiles[camera]
 
 
+def _cli(up: Up, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "camstream", *args],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _tiles(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "api/cameras", timeout=5) as response:
+        return {t["camera"]: t for t in json.loads(response.read())["tiles"]}
+
+
+def _until(what: str, check: Any, timeout_s: float, up: Up) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = check()
+        if answer:
+            return answer
+        assert up.process.poll() is None, up.failure_text()
+        time.sleep(0.5)
+    raise AssertionError(f"not after {timeout_s:.0f}s: {what}\n{up.failure_text()}")
+
+
+def test_a_camera_added_to_the_registry_is_produced_and_shown_and_one_removed_stops(
+    up: Up,
+) -> None:
+    # Given `camstream up`, whose producer follows the Feast registry
+    info = up.info()
+    producer = info["services"]["producer"]["pid"]
+    url = info["view_url"]
+    # When an operator registers a camera with a source
+    added = time.time()
+    _cli(up, "cameras", "add", "cam-added", "--source", "synthetic:320x240", "--fps", "4")
+    # Then its frames are predicted within seconds, by the same producer process
+    first = up.wait_predictions(added, {"cam-added"}, timeout_s=60)
+    print(f"\ncam-added: first prediction {first - added:.1f}s after `cameras add` began")
+    assert up.info()["services"]["producer"]["pid"] == producer
+    # and the view shows its tile, live
+    _until(
+        "a live tile for cam-added",
+        lambda: _tiles(url).get("cam-added", {}).get("status") == "live",
+        30,
+        up,
+    )
+    # When it is removed
+    _cli(up, "cameras", "remove", "cam-added")
+    removed = time.time()
+    # Then its tile goes, and no frame of it captured after a poll is predicted
+    _until("cam-added's tile gone", lambda: "cam-added" not in _tiles(url), 30, up)
+    up.wait_predictions(removed + 4, {"cam-street", "cam-bikes"}, timeout_s=60)
+    late = [at for at, camera in up.predictions_after(removed + 3) if camera == "cam-added"]
+    assert late == [], f"{len(late)} predictions of cam-added after it was removed"
+    # and the others ran on untouched: the same producer, cam-street never reopened
+    assert up.info()["services"]["producer"]["pid"] == producer
+    producer_log = (up.state / "logs" / "producer.log").read_text()
+    assert "fleet.camera_added" in producer_log and "fleet.camera_removed" in producer_log
+    street = [
+        line
+        for line in producer_log.splitlines()
+        if "fleet.camera_" in line and '"camera": "cam-street"' in line
+    ]
+    assert len(street) == 1 and "fleet.camera_added" in street[0], street
+
+
 def test_second_up_in_the_same_folder_refuses_with_the_pid_and_the_first_keeps_predicting(
     up: Up,
 ) -> None:

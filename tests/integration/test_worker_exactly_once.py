@@ -12,12 +12,14 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -27,7 +29,14 @@ from camstream.stack.local import LocalStack
 from camstream.stack.setup import prepare
 from streams import exactly_once
 from tests.support.faults import kill_and_restart_worker, kill_worker
-from tests.support.stack import Feed, Stack, metric_sum, prediction_counts, predictions_of
+from tests.support.stack import (
+    Feed,
+    Stack,
+    metric_sum,
+    prediction_counts,
+    prediction_messages,
+    predictions_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +79,14 @@ def _uncommitted_view(stack: Stack, cameras: set[str]) -> Counter[tuple[str, int
         isolation="read_uncommitted",
     )
     return prediction_counts([json.loads(m.value()) for m in messages])
+
+
+def _unhashed_partition(camera: str, stack: Stack) -> int:
+    """A frames partition that ``camera``'s key hashes to under neither partitioner."""
+    key = camera.encode()
+    count = stack.settings.topic_partitions
+    hashed = {zlib.crc32(key) % count, (murmur2(key) & 0x7FFFFFFF) % count}
+    return min(set(range(count)) - hashed)
 
 
 def _control_records(stack: Stack, topic: str) -> int:
@@ -137,7 +154,8 @@ def test_read_committed_consumers_see_predictions_within_the_commit_interval(
     record_property("visible_after_ms_p50", round(q[9]))
     record_property("visible_after_ms_p95", round(q[18]))
     print(f"exactly-once visibility after publication: p50 {q[9]:.0f} ms, p95 {q[18]:.0f} ms")
-    assert q[18] < 500 + 1500
+    # (README: p50 0.3 s, p95 0.5-0.6 s; the bounds leave room for 2 shared cores)
+    assert q[9] < 500 and q[18] < 1000, q
 
 
 def test_kafka_refusing_a_prediction_stops_the_worker_and_a_restart_loses_nothing(
@@ -176,14 +194,22 @@ def test_worker_killed_and_restarted_publishes_every_prediction_exactly_once(
 ) -> None:
     stack, local = eos
     cameras = ["eos-kill-a", "eos-kill-b", "eos-kill-c"]
-    feed = Feed(stack, cameras, fps=10)
+    # Each camera's frames go to a partition its key does not hash to (by librdkafka's
+    # crc32 or by the Java/aiokafka murmur2), so only a record placed by its frame's
+    # partition number can land there
+    partitions = {camera: _unhashed_partition(camera, stack) for camera in cameras}
+    feed = Feed(stack, cameras, fps=10, partitions=partitions)
     # Given frames flowing, when the worker is killed with SIGKILL and restarted
     kill_and_restart_worker(local, feed)
 
     # Then a read_committed consumer sees every acknowledged frame's prediction once
-    predictions = predictions_of(stack, set(cameras), feed.delivered)
+    messages = prediction_messages(stack, set(cameras), feed.delivered)
+    predictions = [json.loads(m.value()) for m in messages]
     counts = prediction_counts(predictions)
     _assert_each_once(counts, feed.delivered)
+    # each in its frame's partition number
+    landed = Counter((m.key().decode(), m.partition()) for m in messages)
+    assert set(landed) == set(partitions.items()), landed
     # from both worker processes, and the records travelled in transactions
     assert len({p["worker"] for p in predictions}) == 2
     assert _control_records(stack, stack.settings.predictions_topic) > 0
@@ -207,7 +233,7 @@ def test_a_worker_joining_and_dying_still_publishes_every_prediction_exactly_onc
         # Given a second worker joining mid-stream (a rebalance that moves partitions
         # away from the first one)
         time.sleep(4)
-        local.add_worker()
+        joiner = local.add_worker().pid
         time.sleep(6)
         # When the second one dies with SIGKILL
         kill_worker(local, 1)
@@ -218,8 +244,15 @@ def test_a_worker_joining_and_dying_still_publishes_every_prediction_exactly_onc
     counts = prediction_counts(predictions)
     _assert_each_once(counts, feed.delivered)
     assert len({p["worker"] for p in predictions}) == 2
-    revoked = metric_sum(local.worker_metrics(0), "camstream_worker_records_revoked_total")
+    # and the records the first worker dropped when partitions moved mid-batch (it
+    # counts them) were each classified again by the worker that took them over
+    metrics = local.worker_metrics(0)
+    assert "camstream_worker_records_revoked_total " in metrics
+    revoked = metric_sum(metrics, "camstream_worker_records_revoked_total")
+    by_joiner = sum(p["worker"].endswith(f":{joiner}") for p in predictions)
     record_property("records_revoked", revoked)
+    print(f"exactly-once rebalance: {revoked:.0f} records revoked, {by_joiner} by the joiner")
+    assert by_joiner > 0 and revoked <= by_joiner
 
 
 def test_exactly_once_stops_a_worker_whose_output_topic_has_too_few_partitions(

@@ -12,8 +12,10 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -35,6 +37,7 @@ from tests.support.stack import Feed, Stack, metric_sum, prediction_counts, pred
 pytestmark = pytest.mark.integration
 
 SESSION_TIMEOUT_S = 6.0
+BUFFER_FRAMES = 64
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
             "CAMSTREAM_BREAKER_RESET_S": "1",
             "CAMSTREAM_FEATURE_CACHE_TTL_S": "0.5",
             "CAMSTREAM_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
+            # Faust's buffer (per partition) well below a Triton fault's backlog, so the
+            # memory tests see the backlog stay in Kafka rather than fit in the buffer.
+            "CAMSTREAM_BUFFER_FRAMES": str(BUFFER_FRAMES),
         },
     )
     try:
@@ -59,39 +65,68 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
         local.stop()
 
 
-def _feed_through(
-    local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float
-) -> tuple[float, list[float]]:
-    """Run ``feed``; after 4 s apply ``fault``, and ``repair`` it ``fault_s`` later.
-    Returns the largest consumer lag seen meanwhile, and the breaker's state sampled
-    each 0.5 s during the fault (0 closed, 1 half-open, 2 open)."""
-    max_lag = 0.0
-    breaker: list[float] = []
+@dataclass
+class Fault:
+    """What the worker showed while a fault lasted, sampled each 0.5 s."""
+
+    max_lag: float = 0.0
+    breaker: list[float] = field(default_factory=list)  # 0 closed, 1 half-open, 2 open
+    rss_mb: list[float] = field(default_factory=list)  # the first sample is before it
+
+    @property
+    def rss_growth_mb(self) -> float:
+        return max(self.rss_mb) - self.rss_mb[0]
+
+
+def _feed_through(local: LocalStack, feed: Feed, fault: Any, repair: Any, fault_s: float) -> Fault:
+    """Run ``feed``; after 4 s apply ``fault``, and ``repair`` it ``fault_s`` later."""
+    seen = Fault()
+    worker_pid = local.workers[0].pid
     with feed:
         time.sleep(4)
+        seen.rss_mb.append(_rss_mb(worker_pid))
         fault()
         try:
             deadline = time.monotonic() + fault_s
             while time.monotonic() < deadline:
                 time.sleep(0.5)
                 metrics = local.worker_metrics()
-                max_lag = max(max_lag, metric_sum(metrics, "camstream_worker_consumer_lag"))
-                breaker.append(metric_sum(metrics, "camstream_worker_breaker_state"))
+                seen.max_lag = max(
+                    seen.max_lag, metric_sum(metrics, "camstream_worker_consumer_lag")
+                )
+                seen.breaker.append(metric_sum(metrics, "camstream_worker_breaker_state"))
+                seen.rss_mb.append(_rss_mb(worker_pid))
         finally:
             repair()
         time.sleep(4)
-    return max_lag, breaker
+    return seen
+
+
+def _assert_backlog_stayed_in_kafka(seen: Fault, feed: Feed, record_property: Any) -> None:
+    """The worker's RSS grew by less than half the frames that piled up while the fault
+    lasted (a worker that buffered them would grow by all of it): at most its buffer
+    (``BUFFER_FRAMES`` per partition) and fetches waited in memory."""
+    backlog_mb = seen.max_lag * len(feed.jpeg) / 2**20
+    buffer_mb = BUFFER_FRAMES * len(feed.cameras) * len(feed.jpeg) / 2**20
+    record_property("rss_growth_mib", round(seen.rss_growth_mb, 1))
+    record_property("backlog_mib", round(backlog_mb, 1))
+    print(
+        f"worker RSS +{seen.rss_growth_mb:.1f} MiB while {backlog_mb:.0f} MiB waited in Kafka "
+        f"(buffer bound {buffer_mb:.0f} MiB)"
+    )
+    assert backlog_mb > 2 * buffer_mb, "the fault's backlog must not fit in the buffer"
+    assert seen.rss_growth_mb < 0.5 * backlog_mb, (seen.rss_mb, backlog_mb)
 
 
 def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
-    faults: tuple[Stack, LocalStack],
+    faults: tuple[Stack, LocalStack], record_property: Any
 ) -> None:
     stack, local = faults
     cameras = ["outage-a", "outage-b"]
     worker_pid = local.workers[0].pid
-    feed = Feed(stack, cameras, fps=8)
+    feed = Feed(stack, cameras, fps=12, size=(1280, 960))  # ~260 KB a frame
     # Given frames flowing, when Triton freezes for 15 s mid-stream
-    max_lag, breaker = _feed_through(
+    seen = _feed_through(
         local, feed, lambda: pause_triton(local), lambda: resume_triton(local), fault_s=15
     )
 
@@ -100,12 +135,13 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     assert len(feed.delivered) > 2 * 8 * 20
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
-    # and the backlog grew in Kafka while Triton was away, and failures were counted
-    assert max_lag > 50
+    # and the backlog grew in Kafka while Triton was away, not in the worker's memory
+    assert seen.max_lag > 50
+    _assert_backlog_stayed_in_kafka(seen, feed, record_property)
     metrics = local.worker_metrics()
     assert metric_sum(metrics, "camstream_worker_triton_failures_total") > 0
     # and the breaker was seen open during the fault, and is closed again after it
-    assert 2 in breaker, breaker
+    assert 2 in seen.breaker, seen.breaker
     assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
 
 
@@ -115,7 +151,7 @@ def test_triton_stopped_and_started_again_loses_no_frame(
     stack, local = faults
     cameras = ["restart-a", "restart-b"]
     worker_pid = local.workers[0].pid
-    feed = Feed(stack, cameras, fps=8)
+    feed = Feed(stack, cameras, fps=12, size=(1280, 960))
     back_ms = 0.0
 
     def start() -> None:
@@ -125,17 +161,18 @@ def test_triton_stopped_and_started_again_loses_no_frame(
 
     # Given frames flowing, when Triton is stopped (connections refused) for 10 s and
     # started again on the same address
-    max_lag, breaker = _feed_through(local, feed, lambda: stop_triton(local), start, fault_s=10)
+    seen = _feed_through(local, feed, lambda: stop_triton(local), start, fault_s=10)
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
-    assert max_lag > 50
+    assert seen.max_lag > 50
+    _assert_backlog_stayed_in_kafka(seen, feed, record_property)
     metrics = local.worker_metrics()
     assert metric_sum(metrics, 'camstream_worker_triton_failures_total{reason="error"}') > 0
     # and the breaker was seen open during the fault, and is closed again after it
-    assert 2 in breaker, breaker
+    assert 2 in seen.breaker, seen.breaker
     assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
     # and the worker found the server again soon after it was back (gRPC's reconnect
     # backoff is capped at CAMSTREAM_TRITON_RETRY_MAX_S, 1 s here; 0.7 s measured, the
@@ -219,7 +256,7 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
     # Given frames flowing, when the predictions topic refuses every record for 10 s
     # (records larger than its max.message.bytes) and is then set right
     feed = Feed(stack, cameras, fps=8)
-    max_lag, _breaker = _feed_through(
+    seen = _feed_through(
         local,
         feed,
         lambda: stack.limit_record_bytes(topic, 200),
@@ -232,7 +269,7 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
     predictions = predictions_of(stack, set(cameras), feed.delivered)
     assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
-    assert max_lag > 50
+    assert seen.max_lag > 50
     failures = metric_sum(local.worker_metrics(), "camstream_worker_publish_failures_total")
     assert failures > 0
 
@@ -300,6 +337,44 @@ def test_locked_feast_store_marks_predictions_stale_or_missing_and_they_keep_flo
     producer.flush(10)
     after = predictions_of(stack, {fresh.id}, {(fresh.id, seq + 1), (fresh.id, seq + 2)})
     assert {p["enrichment"] for p in after if p["seq"] > seq} == {"ok"}
+
+
+def test_a_batch_that_fails_stops_the_worker_non_zero_and_a_restart_loses_nothing(
+    faults: tuple[Stack, LocalStack],
+) -> None:
+    stack, local = faults
+    cameras = ["unwritable-a", "unwritable-b"]
+    # Given a camera whose drift state cannot be written (a file stands where its folder
+    # goes: a disk fault the worker has no way around)
+    blocker = stack.settings.state_dir / "worker" / "drift" / quote(cameras[0], safe="")
+    blocker.write_text("not a folder")
+    worker = local.workers[0]
+    feed = Feed(stack, cameras, fps=8)
+    try:
+        with feed:
+            # When its frames arrive, then the worker stops (it does not skip them)
+            deadline = time.monotonic() + 30
+            while worker.running() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not worker.running(), "the worker went on past a failed batch"
+            returncode = worker.stop()
+            # with a non-zero exit, saying which batch failed and why
+            assert returncode not in (0, None)
+            log_text = worker.log_path.read_bytes()[worker.log_offset :].decode(errors="replace")
+            assert "worker.batch_failed" in log_text, log_text[-3000:]
+            # and once the fault is repaired, a restarted worker (a supervisor's job)
+            # takes up the frames that were never acknowledged
+            blocker.unlink()
+            local.restart_worker(0)
+            time.sleep(3)
+    finally:
+        if blocker.is_file():  # the restarted worker makes the folder there
+            blocker.unlink()
+        if not local.workers[0].running():
+            local.restart_worker(0)
+
+    predictions = predictions_of(stack, set(cameras), feed.delivered)
+    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
 
 
 def test_worker_killed_mid_stream_and_restarted_loses_nothing(

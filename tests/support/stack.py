@@ -118,7 +118,10 @@ def schema_validator(name: str) -> jsonschema.protocols.Validator:
 
 
 class Feed(threading.Thread):
-    """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs."""
+    """Cameras publishing one real photo at ``fps`` each; records acknowledged seqs.
+
+    ``partitions`` sends a camera's frames to a partition of the test's choosing instead
+    of the one its key hashes to."""
 
     def __init__(
         self,
@@ -126,6 +129,7 @@ class Feed(threading.Thread):
         cameras: list[str],
         fps: float,
         size: tuple[int, int] | None = None,
+        partitions: dict[str, int] | None = None,
     ) -> None:
         super().__init__(daemon=True)
         image = cv2.imread(str(stack.assets.photos["orange"]), cv2.IMREAD_COLOR)
@@ -136,6 +140,7 @@ class Feed(threading.Thread):
         self.stack = stack
         self.cameras = cameras
         self.fps = fps
+        self.partitions = partitions or {}
         self.halt = threading.Event()
         self.delivered: set[tuple[str, int]] = set()
         self.producer = Producer(
@@ -170,6 +175,7 @@ class Feed(threading.Thread):
                     key=camera.encode(),
                     headers=meta.to_kafka(),
                     on_delivery=self._on_delivery(camera, seq),
+                    **({"partition": self.partitions[camera]} if camera in self.partitions else {}),
                 )
             self.producer.poll(0)
             self.halt.wait(1.0 / self.fps)
@@ -183,15 +189,21 @@ def prediction_counts(predictions: list[dict[str, Any]]) -> Counter[tuple[str, i
 
 def predictions_of(stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]) -> list[dict]:
     """The predictions of ``cameras`` (read_committed) once they cover ``wanted``."""
+    return [json.loads(m.value()) for m in prediction_messages(stack, cameras, wanted)]
+
+
+def prediction_messages(
+    stack: Stack, cameras: set[str], wanted: set[tuple[str, int]]
+) -> list[Message]:
+    """The prediction messages of ``cameras`` (read_committed) once they cover ``wanted``."""
 
     def covered(messages: list[Any]) -> bool:
         got = {(m.key().decode(), json.loads(m.value())["seq"]) for m in messages}
         return wanted <= got
 
-    messages = stack.collect(
+    return stack.collect(
         stack.settings.predictions_topic, covered, timeout_s=120, camera_ids=cameras
     )
-    return [json.loads(m.value()) for m in messages]
 
 
 def metric_sum(text: str, name: str) -> float:
