@@ -492,14 +492,17 @@ def test_windows_after_calibration_are_compared_with_the_cameras_baseline_across
     assert _flagged(dark, "brightness ks=")
 
     # and when it turns to washed-out grey at the same brightness, the windows drift by
-    # contrast and colourfulness, and ADWIN sees the model's confidence change (it
-    # checks every 32 frames, so within four windows)
+    # contrast and colourfulness
     calibrated.publish(camera_id, range(6 * DRIFT_WINDOW + 1, 10 * DRIFT_WINDOW + 1), _washed_out)
     grey = calibrated.windows(camera_id, 10)[6:]
     assert all(r["drift"] and r["baseline_id"] == baseline_id for r in grey), grey
     assert _flagged(grey[0], "contrast ks=") and _flagged(grey[0], "colourfulness ks=")
     assert not _flagged(grey[0], "brightness ks="), grey[0]["reasons"]
-    assert any(_flagged(r, "confidence adwin=") for r in grey), [r["reasons"] for r in grey]
+    # and when the camera sees only noise, ADWIN sees the model's confidence fall (it
+    # checks every 32 frames: within ten windows of ten)
+    calibrated.publish(camera_id, range(10 * DRIFT_WINDOW + 1, 20 * DRIFT_WINDOW + 1), _noise)
+    noisy = calibrated.windows(camera_id, 20)[10:]
+    assert any(_flagged(r, "confidence adwin=") for r in noisy), [r["reasons"] for r in noisy]
 
 
 def _darkened(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -511,6 +514,11 @@ def _washed_out(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     flat = grey.mean() + (grey - grey.mean()) * 0.2
     return cv2.cvtColor(flat.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
+def _noise(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Uniform noise of the frame's shape: nothing a classifier is sure of."""
+    return np.random.default_rng().integers(0, 256, image.shape, dtype=np.uint8)
 
 
 def _flagged(record: dict[str, Any], reason: str) -> bool:

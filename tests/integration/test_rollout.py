@@ -539,9 +539,9 @@ def test_the_conveyor_promoted_to_fashion_classifies_live_as_its_offline_evaluat
     producer = world.stack.producer()
 
     def send(camera: str, seqs: range) -> None:
-        for seq in seqs:
-            jpeg = jpegs[(seq - 1) % len(jpegs)]
-            world.stack.publish(producer, camera, seq, jpeg, 224, 224)
+        """The conveyor's images in order from the first seq (image i at seqs[i])."""
+        for i, seq in enumerate(seqs):
+            world.stack.publish(producer, camera, seq, jpegs[i % len(jpegs)], 224, 224)
         producer.flush(30)
 
     before = range(1, 31)
