@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     model_version: str = Field(default="", description="Empty means the latest version.")
     model_repo: Path = Field(default=REPO_ROOT / "triton_repo")
     infer_timeout_s: float = Field(default=10.0, gt=0)
+    model_precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="What Triton's model.py serves: int8 loads a version's model_int8.onnx "
+        "(`camstream quantize` writes it only past its gate) when present and made from "
+        "its model.onnx, else model.onnx. Read by the server from its environment: set it "
+        "as CAMSTREAM_MODEL_PRECISION where tritonserver starts.",
+    )
 
     # Feast
     feast_repo: Path | None = Field(

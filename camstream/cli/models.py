@@ -1,4 +1,4 @@
-"""Models: `camstream export` and `drift baseline` (the pretrained model and its drift
+"""Models: `camstream export`, `quantize` and `drift baseline` (the pretrained model and its drift
 reference, made in the model environment), the registry's `models list|show`, and the
 gated `promote` of a registered version to champion and into the Triton repository."""
 
@@ -46,6 +46,53 @@ def export() -> None:
     config = settings()
     ensure_model(config, locate_model_env(), ensure_assets(config.cache_dir))
     out(str(config.model_repo / config.model_name))
+
+
+@app.command()
+def quantize(
+    ref: Annotated[
+        str, typer.Argument(help="MODEL or MODEL:VERSION in the Triton repository.")
+    ] = "",
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="A trained model's dataset (macro-F1 on test); default: its registry's."),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Make the INT8 variant of an exported version (model env, training.quantize):
+    static quantization calibrated on the sample frames, kept as model_int8.onnx only if
+    its top-1 agrees with FP32 on >= 99% of held-out frames and a trained model's
+    macro-F1 drops <= 1 point; reports both and the speed-up (quantize_report.json).
+    A refusal exits 1 naming the figures. CAMSTREAM_MODEL_PRECISION=int8 serves it."""
+    from camstream.datasets import dataset_dir
+    from camstream.stack.assets import ensure_assets
+    from camstream.stack.setup import ensure_conveyor, run_in_model_env
+    from camstream.stack.triton import locate_model_env
+
+    config = settings()
+    model, _, number_text = (ref or config.model_name).partition(":")
+    folder = modelrepo.version_dir(config.model_repo, model, number_text)
+    assets = ensure_assets(config.cache_dir)
+    frames = [assets.vtest_video, assets.bikes_video, ensure_conveyor(config.cache_dir)]
+    args = ["training.quantize", "--onnx", str(folder / modelrepo.ONNX_FILE), "--frames"]
+    args += [*map(str, frames), *map(str, assets.photos.values())]
+    name = dataset or _registered_dataset(config, model, int(folder.name))
+    if name:
+        args += ["--dataset-dir", str(dataset_dir(config.datasets_path, name))]
+    run_in_model_env(
+        locate_model_env(), args + (["--json"] if as_json else []), "quantize", capture=False
+    )
+
+
+def _registered_dataset(config: Settings, model: str, number: int) -> str:
+    """The dataset a registered version was evaluated on; "" for a model outside the
+    registry (the pretrained one: no test split, agreement only)."""
+    from camstream.registry import Registry
+
+    registry = Registry(config.registry_path)
+    if model not in registry.models():
+        return ""
+    return str(registry.resolve(f"{model}:{number}").report().get("dataset") or "")
 
 
 @drift_app.command("baseline")

@@ -5,17 +5,27 @@ them), dtypes and the onnxruntime thread count come from config.pbtxt; this file
 Triton's stub, where camstream is not importable. All requests of one dynamic batch run
 as a single onnxruntime call; a request whose input tensor is malformed gets its own
 TritonError while the others still answer.
+
+Precision: CAMSTREAM_MODEL_PRECISION (camstream.settings' model_precision; the stub
+inherits the server's environment) "int8" serves model_int8.onnx, the variant
+`camstream quantize` writes only when it passed its gate, if it is present and was made
+from this folder's model.onnx (its sidecar's hash); otherwise model.onnx, logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+PRECISION_VARIABLE = "CAMSTREAM_MODEL_PRECISION"
+INT8_FILE = "model_int8.onnx"  # training.quantize.INT8_FILE (a unit test keeps them equal)
 
 
 class TritonPythonModel:
@@ -52,6 +62,7 @@ class TritonPythonModel:
                 f"{path} not found: run `python -m training.export --repo <repo> "
                 "--labels <labels>` in the model environment first"
             )
+        path = self._chosen_model(path, os.environ.get(PRECISION_VARIABLE) or "fp32")
         self._session = ort.InferenceSession(str(path), options, providers=providers)
         self._output_index = [o.name for o in self._session.get_outputs()].index(self._output)
         pb_utils.Logger.log_info(
@@ -107,3 +118,25 @@ class TritonPythonModel:
         if not 1 <= image.shape[0] <= self._max_rows:
             return image, f"{name} batch must be 1..{self._max_rows}, got {image.shape[0]}"
         return image, None
+
+    @staticmethod
+    def _chosen_model(fp32: Path, precision: str) -> Path:
+        """model.onnx, or for "int8" its accepted INT8 variant when it belongs to it."""
+        if precision not in ("fp32", "int8"):
+            raise pb_utils.TritonModelException(
+                f"{PRECISION_VARIABLE}={precision!r}: use fp32 or int8"
+            )
+        if precision == "fp32":
+            return fp32
+        int8 = fp32.with_name(INT8_FILE)
+        try:
+            made_from = json.loads(int8.with_name(f"{INT8_FILE}.json").read_text())["fp32_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            made_from = None
+        if int8.is_file() and made_from == hashlib.sha256(fp32.read_bytes()).hexdigest():
+            return int8
+        pb_utils.Logger.log_warn(
+            f"{PRECISION_VARIABLE}=int8 but {int8} is missing or was not made from {fp32.name} "
+            "(run `camstream quantize`): serving FP32"
+        )
+        return fp32
