@@ -4,9 +4,7 @@ tiny real Fashion-MNIST dataset with the exported pretrained model."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -14,8 +12,8 @@ import pytest
 
 from camstream import fashion_mnist, modelrepo
 from camstream.datasets import Dataset, LabelSource, Split
-from camstream.settings import REPO_ROOT, Settings
-from camstream.stack.triton import locate_model_env
+from camstream.settings import Settings
+from tests.support.models import run_model_module
 from training.evaluate import REPORT_KEYS
 
 pytestmark = pytest.mark.integration
@@ -35,16 +33,7 @@ def _tiny(tmp_path: Path, settings: Settings) -> Dataset:
     )
 
 
-def _run(module: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(locate_model_env().bin_dir / "python"), "-m", module, *map(str, args)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+_run = run_model_module
 
 
 def test_evaluate_writes_report_predictions_figures_and_baselines(tmp_path: Path) -> None:

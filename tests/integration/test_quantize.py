@@ -11,18 +11,16 @@ other halves and the five photos. Measured on the 2 shared cores: ~40 s; agreeme
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from camstream import modelrepo
-from camstream.settings import REPO_ROOT, Settings
+from camstream.settings import Settings
 from camstream.stack.assets import ensure_assets
 from camstream.stack.setup import ensure_conveyor
-from camstream.stack.triton import locate_model_env
+from tests.support.models import run_model_module
 from training.quantize import INT8_FILE, INT8_SIDECAR, MIN_AGREEMENT, REPORT_FILE
 
 pytestmark = pytest.mark.integration
@@ -47,17 +45,9 @@ def test_quantize_measures_agreement_and_speedup_and_gates_the_int8_variant(
     frames += list(assets.photos.values())
 
     # When the INT8 variant is made and measured
-    result = subprocess.run(
-        [
-            *(str(locate_model_env().bin_dir / "python"), "-m", "training.quantize", "--json"),
-            *("--onnx", str(folder / modelrepo.ONNX_FILE), "--frames", *map(str, frames)),
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
+    result = run_model_module(
+        "training.quantize",
+        *("--json", "--onnx", folder / modelrepo.ONNX_FILE, "--frames", *frames),
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     report = json.loads(result.stdout)

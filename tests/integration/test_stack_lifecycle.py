@@ -17,16 +17,9 @@ from pathlib import Path
 import pytest
 
 from camstream.stack.process import port_open
+from tests.support.stack import pid_alive
 
 pytestmark = pytest.mark.integration
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _lines(stream: object, out: queue.Queue[str]) -> None:
@@ -84,10 +77,10 @@ def test_up_shows_every_sample_camera_and_sigterm_stops_everything(tmp_path: Pat
         while time.monotonic() < deadline:
             time.sleep(1)
             info = json.loads((state / "stack.json").read_text())
-            if info["pids"]["worker"] != first_worker and _alive(info["pids"]["worker"]):
+            if info["pids"]["worker"] != first_worker and pid_alive(info["pids"]["worker"]):
                 break
         assert info["pids"]["worker"] != first_worker, "the dead worker was not replaced"
-        assert not _alive(first_worker)
+        assert not pid_alive(first_worker)
     finally:
         # When it gets SIGTERM
         up.send_signal(signal.SIGTERM)
@@ -96,7 +89,7 @@ def test_up_shows_every_sample_camera_and_sigterm_stops_everything(tmp_path: Pat
     # Then it exits cleanly, and nothing it started is left
     assert returncode == 0, (tmp_path / "up.stderr").read_text()[-3000:]
     for name, pid in info["pids"].items():
-        assert not _alive(pid), f"{name} (pid {pid}) outlived `camstream up`"
+        assert not pid_alive(pid), f"{name} (pid {pid}) outlived `camstream up`"
     assert not port_open(kafka_port)
     assert not port_open(grpc_port)
     for port in info["metrics_ports"].values():

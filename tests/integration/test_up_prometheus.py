@@ -23,6 +23,7 @@ import pytest
 from camstream.stack.local import read_state
 from camstream.stack.process import port_open
 from camstream.stack.prometheus import PrometheusAPI, stack_targets
+from tests.support.stack import pid_alive
 
 # A stack of its own (two workers, the sample cameras, Prometheus): ~4 minutes here.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -30,14 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 CAMERAS = {"cam-street", "cam-bikes", "cam-conveyor"}
 JOBS = {"camstream-stack", "camstream-worker", "camstream-producer", "camstream-view"}
 T = TypeVar("T")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _until(what: str, check: Callable[[], T | None], timeout_s: float, up: Up) -> T:
@@ -240,7 +233,7 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
     # Then it exits cleanly, and no process or port it started is left, Prometheus' too
     assert returncode == 0, up.failure_text()
     for name, pid in info["pids"].items():
-        assert not _alive(pid), f"{name} (pid {pid}) outlived `camstream up`"
+        assert not pid_alive(pid), f"{name} (pid {pid}) outlived `camstream up`"
     prometheus_port = int(url.rsplit(":", 1)[1])
     assert not port_open(prometheus_port)
     for port in info["metrics_ports"].values():

@@ -22,6 +22,7 @@ gate and the canary treat them as versions like any other:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,6 +40,22 @@ FASHION_DATASET = "fm-small"
 # 27 train + 3 val, and 10 test images per class: 400 images, well under a minute.
 TRAIN_PER_CLASS = 30
 TEST_PER_CLASS = 10
+
+
+def run_model_module(
+    module: str, *args: str | Path, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` in the model environment, from the repository root;
+    its output captured, its exit status left to the caller."""
+    return subprocess.run(
+        [str(locate_model_env().bin_dir / "python"), "-m", module, *map(str, args)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout_s,
+    )
 
 
 def fetch_fashion(datasets_dir: Path, name: str = FASHION_DATASET) -> Dataset:

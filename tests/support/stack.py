@@ -9,6 +9,7 @@ live in tests/integration/conftest.py.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -204,6 +205,15 @@ def prediction_messages(
     return stack.collect(
         stack.settings.predictions_topic, covered, timeout_s=120, camera_ids=cameras
     )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that pid exists (a zombie counts until reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def metric_sum(text: str, name: str) -> float:
