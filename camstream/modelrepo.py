@@ -1,7 +1,11 @@
 """The Triton model repository as camstream reads and writes it: one layout, one place.
 
     <repo>/<model>/config.pbtxt            Triton's configuration (names, batching) and
-                                           its version_policy: the versions in use
+                                           its version_policy: the versions in use; the
+                                           CPU target's (python backend + onnxruntime)
+    <repo>/<model>/configs/gpu.pbtxt       the GPU target's (onnxruntime backend +
+                                           TensorRT FP16), same tensors and policy: Triton
+                                           reads it with --model-config-name=gpu
     <repo>/<model>/serving.json            {"version": N}: the model's default version,
                                            answering for cameras that name no version
     <repo>/<model>/labels.txt              class names, one a line; the first synonym
@@ -36,6 +40,7 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from camstream.errors import ConfigError
@@ -183,13 +188,46 @@ def read_labels(path: Path) -> list[str]:
 
 # Installing a version --------------------------------------------------------------
 
-# The config of a model that promote installs: the shape of efficientnet_lite0's
-# config.pbtxt (its comments hold the measurements behind each setting), with PROBS
-# sized by the model's labels. model.py reads every name and number from here.
+# Serving targets: one exported model.onnx, one Triton config per kind of machine. ------
+
+
+class Target(StrEnum):
+    """Where a model is served, which decides its Triton config (``triton_config``).
+
+    ``cpu``: the python backend running onnxruntime (model.py): the nvidia-pytriton
+    wheel's server, which `camstream up` runs, carries no other backend.
+    ``gpu``: Triton's own onnxruntime backend on the GPU with the TensorRT accelerator in
+    FP16, as the NGC tritonserver image in docker-compose.yml serves it.
+    """
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+# Triton picks ``<model>/configs/<name>.pbtxt`` over config.pbtxt when started with
+# ``--model-config-name=<name>`` (docker-compose.yml does, with "gpu"), so both targets
+# serve the same version folders, labels and version_policy from one repository.
+CUSTOM_CONFIGS_DIR = "configs"
+GPU_CONFIG_FILE = f"{CUSTOM_CONFIGS_DIR}/{Target.GPU.value}.pbtxt"
+
+# Where the GPU server keeps its TensorRT engines (a volume in docker-compose.yml):
+# building them takes minutes, so a restart should find them built. One folder for all
+# models: onnxruntime names each engine by a hash of its model file's path and graph.
+TRT_CACHE_DIR = "/var/cache/camstream-trt"
+
+
+def config_path(repo: Path, model: str, target: Target) -> Path:
+    """The file holding ``model``'s Triton config for ``target``."""
+    name = CONFIG_FILE if target is Target.CPU else GPU_CONFIG_FILE
+    return repo / model / name
+
+
+# The CPU config: the shape of efficientnet_lite0's config.pbtxt (its comments hold the
+# measurements behind each setting). model.py reads every name and number from here.
 CONFIG_TEMPLATE = """\
-# Written by `camstream promote` (camstream.modelrepo.install_version): the python
-# backend running onnxruntime on each version's model.onnx, like efficientnet_lite0
-# (whose config.pbtxt gives the measured reasons for batching, instances and threads).
+# Written by camstream.modelrepo.triton_config(target=cpu): the python backend running
+# onnxruntime on each version's model.onnx, like efficientnet_lite0 (whose config.pbtxt
+# gives the measured reasons for batching, instances and threads).
 name: "{name}"
 backend: "python"
 max_batch_size: 32
@@ -207,7 +245,7 @@ output [
   {{
     name: "{probs}"
     data_type: TYPE_FP32
-    dims: [ -1 ]
+    dims: [ {classes} ]
     label_filename: "{labels}"
   }}
 ]
@@ -244,10 +282,138 @@ model_warmup [
 ]
 """
 
+# The GPU config, for the same model.onnx (IMAGE uint8 NHWC in, PROBS out: no
+# preprocessing moves out of the graph).
+#
+# NOT MEASURED: no GPU was lent to the session that wrote this, so the preferred batch
+# sizes, the queue delay, the instance count and max_batch_size were not swept. They are
+# reasoned starting points, not figures: preferred sizes at the top of the range so the
+# GPU runs full batches (Triton's dynamic batcher forms the largest preferred size it
+# can); a 1 ms queue delay, small next to the 25 ms p99 goal; two instances, Triton's
+# usual way to overlap one batch's copies with another's compute. Sweep them on a GPU
+# with `camstream bench triton --address HOST:8001 --batch 1,8,32,64 --concurrency
+# 8,32,64,128` and write the measured reasons here, as efficientnet_lite0's CPU
+# config.pbtxt does.
+GPU_CONFIG_TEMPLATE = """\
+# Written by camstream.modelrepo.triton_config(target=gpu); served when Triton runs with
+# --model-config-name=gpu (docker-compose.yml). Triton's onnxruntime backend on the GPU,
+# with TensorRT in FP16 running the graph, from the same model.onnx as the CPU config.
+#
+# NOT MEASURED: no GPU was available where this was written. The preferred batch sizes,
+# the queue delay, max_batch_size and the instance count are reasoned starting points,
+# not the result of a sweep: sweep them on the GPU with `camstream bench triton
+# --address HOST:8001` and record the figures here (camstream.modelrepo's comment says
+# why each was chosen).
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: 128
+
+input [
+  {{
+    name: "{image}"
+    data_type: TYPE_UINT8
+    dims: [ 224, 224, 3 ]
+  }}
+]
+
+output [
+  {{
+    name: "{probs}"
+    data_type: TYPE_FP32
+    dims: [ {classes} ]
+    label_filename: "{labels}"
+  }}
+]
+
+# Full batches keep the GPU busy; waiting up to 1 ms to fill one costs little against
+# a 25 ms p99 budget.
+dynamic_batching {{
+  preferred_batch_size: [ 32, 64, 128 ]
+  max_queue_delay_microseconds: 1000
+}}
+
+# Two instances: one batch's host-to-device copy overlaps another's compute.
+instance_group [
+  {{
+    count: 2
+    kind: KIND_GPU
+  }}
+]
+
+# TensorRT runs the graph in FP16 (onnxruntime's CUDA provider takes any node it
+# cannot). Engines are cached on the trt-cache volume, so only the first start builds.
+optimization {{
+  execution_accelerators {{
+    gpu_execution_accelerator: [
+      {{
+        name: "tensorrt"
+        parameters {{ key: "precision_mode" value: "FP16" }}
+        parameters {{ key: "max_workspace_size_bytes" value: "1073741824" }}
+        parameters {{ key: "trt_engine_cache_enable" value: "1" }}
+        parameters {{ key: "trt_engine_cache_path" value: "{trt_cache}" }}
+      }}
+    ]
+  }}
+}}
+
+# Batch 1 then the largest batch at load: TensorRT builds its engine for the whole
+# range of batch sizes before the first frame, not while a backlog waits.
+model_warmup [
+  {{
+    name: "zeros_batch_1"
+    batch_size: 1
+    inputs {{
+      key: "{image}"
+      value: {{
+        data_type: TYPE_UINT8
+        dims: [ 224, 224, 3 ]
+        zero_data: true
+      }}
+    }}
+  }},
+  {{
+    name: "zeros_batch_128"
+    batch_size: 128
+    inputs {{
+      key: "{image}"
+      value: {{
+        data_type: TYPE_UINT8
+        dims: [ 224, 224, 3 ]
+        zero_data: true
+      }}
+    }}
+  }}
+]
+"""
+
+
+def triton_config(model: str, target: Target, classes: int | None = None) -> str:
+    """The Triton config.pbtxt text that serves ``model``'s model.onnx on ``target``.
+
+    ``classes``: the width of PROBS (the number of labels); None writes ``-1``, which
+    only the CPU target accepts (its python backend takes whatever onnxruntime returns;
+    Triton's onnxruntime backend checks the dims against the graph)."""
+    if classes is None and target is Target.GPU:
+        raise ConfigError(
+            f"the GPU config of model {model} needs its number of classes: Triton's "
+            "onnxruntime backend checks PROBS' dims against the ONNX graph"
+        )
+    if classes is not None and classes < 1:
+        raise ConfigError(f"model {model} has {classes} classes; it needs at least one")
+    template = CONFIG_TEMPLATE if target is Target.CPU else GPU_CONFIG_TEMPLATE
+    return template.format(
+        name=model,
+        image=IMAGE,
+        probs=PROBS,
+        labels=LABELS_FILE,
+        classes=-1 if classes is None else classes,
+        trt_cache=TRT_CACHE_DIR,
+    )
+
 
 def model_config(model: str) -> str:
     """The config.pbtxt ``install_version`` writes for a model that has none."""
-    return CONFIG_TEMPLATE.format(name=model, image=IMAGE, probs=PROBS, labels=LABELS_FILE)
+    return triton_config(model, Target.CPU)
 
 
 def install_version(
@@ -261,7 +427,8 @@ def install_version(
 ) -> Path:
     """Install one version into the repository as ``<repo>/<model>/<number>/`` (model.onnx,
     model.py, labels.txt, reference_profile.json) and make its labels and profile the
-    model's; write the model's config.pbtxt when it has none.
+    model's; write the model's CPU config.pbtxt and GPU configs/gpu.pbtxt (Target) when
+    it has none (the GPU one with the CPU one's version_policy).
 
     The version folder is written beside its place and renamed into it, so Triton never
     sees a half-written version. Installing the same files again changes nothing in the
@@ -302,6 +469,13 @@ def install_version(
     _copy_synced(profile, folder / REFERENCE_PROFILE_FILE)
     if not (folder / CONFIG_FILE).is_file():
         _write_synced(folder / CONFIG_FILE, model_config(model).encode())
+    gpu = folder / GPU_CONFIG_FILE
+    if not gpu.is_file():
+        gpu.parent.mkdir(exist_ok=True)
+        classes = len(read_labels(labels))
+        gpu_config = triton_config(model, Target.GPU, classes)
+        policy = _policy_text(folder / CONFIG_FILE)
+        _write_synced(gpu, (_with_policy(gpu_config, policy) if policy else gpu_config).encode())
     return target
 
 
@@ -412,7 +586,9 @@ def set_version_policy(repo: Path, model: str, versions: Sequence[int]) -> None:
     """Rewrite (or add) the ``version_policy`` of ``<model>/config.pbtxt`` as
     ``{ specific { versions: [...] } }``, atomically; the rest of the file, comments
     included, stays as it was. Triton applies it at the next ``load_model(model)``
-    and at every start, so a restarted server loads exactly these versions."""
+    and at every start, so a restarted server loads exactly these versions. The GPU
+    config (configs/gpu.pbtxt), when the model has one, gets the same policy: a GPU
+    server loads the versions a CPU one does."""
     wanted = sorted(set(versions))
     if not wanted or any(v < 1 for v in wanted):
         raise ConfigError(
@@ -421,13 +597,29 @@ def set_version_policy(repo: Path, model: str, versions: Sequence[int]) -> None:
     text = _read_config(repo, model)
     listed = ", ".join(str(v) for v in wanted)
     policy = f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+    gpu = repo / model / GPU_CONFIG_FILE
+    if gpu.is_file():
+        _write_synced(gpu, _with_policy(gpu.read_text(), policy).encode())
+    _write_synced(repo / model / CONFIG_FILE, _with_policy(text, policy).encode())
+
+
+def _with_policy(text: str, policy: str) -> str:
+    """``text`` (a config) with ``policy`` in place of its version_policy, or added."""
     span = _top_level_field(text, "version_policy")
     if span is None:
         note = "# Versions loaded, kept by `camstream promote` / `rollback` (rollout.py).\n"
-        updated = text.rstrip("\n") + "\n\n" + note + policy + "\n"
-    else:
-        updated = text[: span[0]] + policy + text[span[1] :]
-    _write_synced(repo / model / CONFIG_FILE, updated.encode())
+        return text.rstrip("\n") + "\n\n" + note + policy + "\n"
+    return text[: span[0]] + policy + text[span[1] :]
+
+
+def _policy_text(config: Path) -> str | None:
+    """The ``version_policy { ... }`` field of a config file as written; None if none."""
+    try:
+        text = config.read_text()
+    except OSError:
+        return None
+    span = _top_level_field(text, "version_policy")
+    return None if span is None else text[span[0] : span[1]]
 
 
 def _read_config(repo: Path, model: str) -> str:

@@ -611,6 +611,7 @@ class RepoSnapshot:
 
     FILES = (
         modelrepo.CONFIG_FILE,
+        modelrepo.GPU_CONFIG_FILE,
         modelrepo.LABELS_FILE,
         modelrepo.REFERENCE_PROFILE_FILE,
         modelrepo.SERVING_FILE,
@@ -635,7 +636,7 @@ class RepoSnapshot:
             path = self.folder / name
             if name in self.files:
                 if not path.is_file() or path.read_bytes() != self.files[name]:
-                    tmp = path.with_name(f".{name}.restore")
+                    tmp = path.with_name(f".{path.name}.restore")
                     tmp.write_bytes(self.files[name])
                     os.replace(tmp, path)
             else:

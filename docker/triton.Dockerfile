@@ -1,9 +1,13 @@
 # Triton Inference Server for camstream on an NVIDIA GPU.
 #
-# triton_repo/efficientnet_lite0 is a python-backend model whose model.py runs
-# onnxruntime; the python backend's stub runs model.py with this image's system
-# python3 (3.10 in 24.10), so onnxruntime-gpu goes into that environment. model.py
-# puts the session on CUDAExecutionProvider when this onnxruntime offers it.
+# docker-compose.yml starts it with --model-config-name=gpu: each model is served from
+# its configs/gpu.pbtxt by this image's own onnxruntime backend (built with TensorRT),
+# in FP16, from the same model.onnx the CPU target serves.
+#
+# A model with no configs/gpu.pbtxt falls back to its config.pbtxt: the python backend,
+# whose model.py runs onnxruntime in the stub with this image's system python3 (3.10 in
+# 24.10), so onnxruntime-gpu goes into that environment; model.py puts the session on
+# CUDAExecutionProvider when this onnxruntime offers it.
 #
 # 24.10 ships CUDA 12.6 and cuDNN 9, which onnxruntime-gpu 1.20 (CUDA 12 build, the
 # PyPI default since 1.19) is built against. numpy stays below 2, as in the local model

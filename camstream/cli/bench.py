@@ -1,5 +1,5 @@
-"""`camstream bench pipeline|producer|drift|train`: the options, and a table or --json of
-what the benchmarks package measures (the measuring itself lives there)."""
+"""`camstream bench pipeline|producer|drift|train|triton|rollout|view`: the options, and
+a table or --json of what the benchmarks package measures (the measuring lives there)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,58 @@ def pipeline(
         cameras=cameras, frames=frames, rounds=rounds, latency_s=latency_s, load=load
     )
     figures = run(settings(), config)
+    out(json.dumps(figures) if as_json else table(figures))
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{text!r}: give positive integers separated by commas")
+    return values
+
+
+@app.command("triton")
+def triton(
+    concurrency: Annotated[
+        str, typer.Option(help="Callers with a request in flight, comma-separated.")
+    ] = "1,2,4,8,16",
+    batch: Annotated[str, typer.Option(help="Images per request, comma-separated.")] = "1,4,8,16",
+    seconds: Annotated[float, typer.Option(help="Seconds measured per cell.")] = 3.0,
+    p99_ms: Annotated[
+        float, typer.Option("--p99-ms", help="The best setting's p99 bound (ms).")
+    ] = 25.0,
+    running: Annotated[
+        bool,
+        typer.Option(
+            "--running/--local",
+            help="Measure the running server at CAMSTREAM_TRITON_GRPC (or --address), "
+            "or start a local one on the model repository for the run.",
+        ),
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="A running server's gRPC address (implies --running).")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """One Triton server's images/s and request latency p50/p95/p99 over client
+    concurrency x batch size, naming the fastest setting within the p99 bound."""
+    from benchmarks.triton import SweepConfig, run, table
+
+    if seconds <= 0:
+        raise typer.BadParameter("--seconds must be positive")
+    loaded = settings()
+    target = address or (loaded.triton_grpc if running else None)
+    config = SweepConfig(
+        concurrency=_int_list(concurrency),
+        batch=_int_list(batch),
+        seconds=seconds,
+        p99_ms=p99_ms,
+        address=target,
+    )
+    figures = run(loaded, config)
     out(json.dumps(figures) if as_json else table(figures))
 
 

@@ -156,6 +156,7 @@ def test_install_version_writes_a_whole_version_and_makes_its_labels_the_models(
     assert sorted(p.name for p in (repo / "fashion").iterdir()) == [
         "3",
         "config.pbtxt",
+        "configs",
         "labels.txt",
         "reference_profile.json",
     ]
@@ -184,6 +185,43 @@ def test_install_version_writes_a_config_triton_serves_with_camstreams_tensors(
     served = (REPO_ROOT / "triton_repo" / "efficientnet_lite0" / "config.pbtxt").read_text()
     for key in ("dynamic_batching", "instance_group", "KIND_CPU", "zero_data: true"):
         assert key in config and key in served
+
+
+def test_install_version_writes_the_gpu_config_sized_by_the_versions_labels(
+    tmp_path: Path,
+) -> None:
+    # Given an empty repository
+    repo = tmp_path / "repo"
+    # When version 1 of a new model (two labels) is installed
+    modelrepo.install_version(repo, "fashion", 1, **_sources(tmp_path, "a"))
+    # Then its GPU config is the generator's, PROBS as wide as the labels
+    gpu = modelrepo.config_path(repo, "fashion", modelrepo.Target.GPU)
+    assert gpu == repo / "fashion" / "configs" / "gpu.pbtxt"
+    assert gpu.read_text() == modelrepo.triton_config("fashion", modelrepo.Target.GPU, 2)
+    # And a later version leaves a GPU config that exists as it is
+    gpu.write_text(gpu.read_text() + "# tuned\n")
+    modelrepo.install_version(repo, "fashion", 2, **_sources(tmp_path, "b"))
+    assert gpu.read_text().endswith("# tuned\n")
+
+
+def test_set_version_policy_gives_the_gpu_config_the_same_versions(tmp_path: Path) -> None:
+    # Given a model with a CPU and a GPU config
+    repo = tmp_path / "repo"
+    modelrepo.install_version(repo, "fashion", 1, **_sources(tmp_path, "a"))
+    modelrepo.install_version(repo, "fashion", 2, **_sources(tmp_path, "b"))
+    # When a rollout sets the versions in use
+    modelrepo.set_version_policy(repo, "fashion", [1, 2])
+    # Then both configs name them, and the rest of the GPU config is as generated
+    policy = "version_policy: { specific: { versions: [ 1, 2 ] } }"
+    for target in modelrepo.Target:
+        text = modelrepo.config_path(repo, "fashion", target).read_text()
+        assert text.count(policy) == 1, target
+    gpu = modelrepo.config_path(repo, "fashion", modelrepo.Target.GPU).read_text()
+    assert gpu.startswith(modelrepo.triton_config("fashion", modelrepo.Target.GPU, 2))
+    # And a GPU config written after a policy was set starts with that policy
+    modelrepo.config_path(repo, "fashion", modelrepo.Target.GPU).unlink()
+    modelrepo.install_version(repo, "fashion", 3, **_sources(tmp_path, "c"))
+    assert policy in modelrepo.config_path(repo, "fashion", modelrepo.Target.GPU).read_text()
 
 
 def test_a_second_version_keeps_the_config_and_takes_over_the_labels(tmp_path: Path) -> None:
