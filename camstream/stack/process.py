@@ -2,17 +2,17 @@
 file, waited on until ready, and stopped with SIGTERM then SIGKILL so none outlives us;
 and what their logs and exits say (``last_error_line``, ``describe_exit``), for the
 supervisor (camstream.stack.supervisor) and for start-up errors. ``StackLock`` makes a
-state folder serve one stack at a time.
+state folder serve one stack at a time (a ``camstream.locks.HeldLock``).
 
-This module imports only the standard library (and structlog): a second `camstream up`
-checks the lock and refuses before anything heavy is loaded.
+This module imports only the standard library (and structlog, and camstream's errors and
+locks, which import no more): a second `camstream up` checks the lock and refuses before
+anything heavy is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import re
@@ -28,6 +28,7 @@ from typing import Self
 import structlog
 
 from camstream.errors import ServiceError, StackRunning
+from camstream.locks import HeldLock
 
 log = structlog.get_logger(__name__)
 
@@ -285,7 +286,8 @@ class LockHolder:
 
 
 class StackLock:
-    """An exclusive ``flock`` on ``<state_dir>/stack.lock``, held for the stack's life.
+    """An exclusive ``flock`` on ``<state_dir>/stack.lock``, held for the stack's life
+    (a ``camstream.locks.HeldLock``).
 
     The kernel drops it when the holder dies, however it dies, so a folder left by a
     killed stack is free again at once (and the next stack recovers what it left). The
@@ -296,71 +298,33 @@ class StackLock:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / LOCK_FILE
-        self._fd: int | None = None
+        self._lock = HeldLock(self.path)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock.held
 
     def acquire(self, command: str = "camstream up", wait_s: float = 0.5) -> Self:
         """Take the lock or raise StackRunning naming the holder and the ways out.
         ``wait_s`` rides over a `camstream status` probing the lock at that instant."""
-        if self._fd is not None:
-            return self
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never O_TRUNC: not ours yet
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise StackRunning(self._refusal()) from None
-                time.sleep(0.05)
-        record = {"pid": os.getpid(), "started_at": time.time(), "command": command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        self._fd = fd
+        self._lock.acquire(
+            lambda: {"pid": os.getpid(), "started_at": time.time(), "command": command},
+            wait_s,
+            lambda: StackRunning(self._refusal()),
+        )
         return self
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        self._lock.release()
 
     def holder(self, wait_s: float = 0.5) -> LockHolder | None:
         """The process holding the lock, None when it is free. ``wait_s``: how long to
         wait for a holder that has just locked to write its pid."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return None
-            deadline = time.monotonic() + wait_s
-            while True:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    record = json.loads(os.pread(fd, 4096, 0) or b"null")
-                    return LockHolder(
-                        int(record["pid"]), float(record["started_at"]), str(record["command"])
-                    )
-                if time.monotonic() >= deadline:
-                    return LockHolder(0, time.time(), "an unknown process")
-                time.sleep(0.05)
-        finally:
-            os.close(fd)
+        return self._lock.holder(
+            lambda r: LockHolder(int(r["pid"]), float(r["started_at"]), str(r["command"])),
+            LockHolder(0, time.time(), "an unknown process"),
+            wait_s,
+        )
 
     def _refusal(self) -> str:
         holder = self.holder()
