@@ -33,6 +33,18 @@ def _renderer(json: bool) -> structlog.typing.Processor:
     )
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at each write, not the one at configure
+    time: a caller that swaps it (a test capturing a CLI run, then closing its stream)
+    leaves later log lines with a stream that is open."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str | None = None, json: bool | None = None) -> None:
     """Configure structlog and stdlib logging once, at process start (never at import).
 
@@ -57,7 +69,7 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
     renderer = _renderer(json)
 
     # The libraries' stdlib records, rendered like our own events.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -85,7 +97,7 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 
