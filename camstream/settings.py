@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1_000_000, ge=10_000)
 
     # Triton
-    triton_grpc: str = "127.0.0.1:8001"
+    triton_grpc: str = Field(
+        default="127.0.0.1:8001",
+        description="Triton's gRPC address, or several as a comma-separated list of "
+        "host:port: the worker spreads requests over the healthy ones.",
+    )
     model_name: str = "efficientnet_lite0"
     model_version: str = Field(default="", description="Empty means the latest version.")
     model_repo: Path = Field(default=REPO_ROOT / "triton_repo")
@@ -324,6 +328,12 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("triton_grpc")
+    @classmethod
+    def _triton_grpc_is_address_list(cls, value: str) -> str:
+        parse_addresses(value)
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -379,6 +389,11 @@ class Settings(BaseSettings):
     def topics(self) -> tuple[str, ...]:
         """Every topic of the pipeline: frames in, the outputs."""
         return (self.frames_topic, *self.output_topics)
+
+    @property
+    def triton_grpc_addresses(self) -> list[str]:
+        """Every Triton gRPC address of ``triton_grpc``, in order."""
+        return parse_addresses(self.triton_grpc)
 
     @property
     def feast_repo_path(self) -> Path:
@@ -453,6 +468,21 @@ class Settings(BaseSettings):
         }
         env.update(self.to_env())
         return env
+
+
+def parse_addresses(value: str) -> list[str]:
+    """``host:port[,host:port...]`` as a list; ValueError naming the bad entry."""
+    addresses = [part.strip() for part in value.split(",")]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{address!r} is not host:port: set CAMSTREAM_TRITON_GRPC to one address "
+                "or a comma-separated list, e.g. 10.0.0.5:8001,10.0.0.6:8001"
+            )
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"CAMSTREAM_TRITON_GRPC lists an address twice: {value!r}")
+    return addresses
 
 
 PROMETHEUS_MULTIPROCESS_VARS = frozenset(

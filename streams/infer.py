@@ -2,7 +2,9 @@
 
 One request carries a micro-batch (uint8 NHWC; the model normalises on the server, so
 the wire carries 150 KB per image instead of 600 KB). Every call has a deadline.
-``TritonClassifier`` makes one attempt; ``ResilientClassifier`` splits a batch over
+``TritonClassifier`` makes one attempt on one server; ``TritonPool`` spreads attempts
+over several servers (least outstanding requests, failed servers ejected until a
+readiness probe passes); ``ResilientClassifier`` splits a batch over
 concurrent requests and waits out an outage: failed attempts back off exponentially
 (capped) behind a circuit breaker, so consumption pauses and Kafka keeps the backlog.
 """
@@ -10,7 +12,7 @@ concurrent requests and waits out an outage: failed attempts back off exponentia
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -41,6 +43,21 @@ TRITON_FAILURES = Counter(
 )
 INFLIGHT_REQUESTS = Gauge("camstream_worker_inflight_requests", "Triton requests in flight")
 BREAKER = Gauge("camstream_worker_breaker_state", "Triton breaker: 0 closed, 1 half-open, 2 open")
+SERVER_REQUESTS = Counter(
+    "camstream_worker_triton_requests_total", "Triton requests sent, per server", ["server"]
+)
+SERVER_HEALTHY = Gauge(
+    "camstream_worker_triton_server_healthy",
+    "1 while a Triton server is sent requests, 0 while ejected",
+    ["server"],
+)
+
+
+# gRPC statuses by which a server that works refuses one request; any other failure
+# (unavailable, deadline exceeded, internal) counts against the server.
+REQUEST_STATUSES = frozenset(
+    {"StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT", "StatusCode.UNIMPLEMENTED"}
+)
 
 
 def channel_args(reconnect_max_s: float) -> list[tuple[str, int]]:
@@ -117,7 +134,8 @@ class TritonClassifier:
                 client_timeout=self._timeout_s,
             )
         except InferenceServerException as exc:
-            raise InferenceError(
+            error_class = RequestRefused if exc.status() in REQUEST_STATUSES else InferenceError
+            raise error_class(
                 f"Triton failed on a batch of {len(images)} for {name}: {exc}"
             ) from exc
         probs: npt.NDArray[np.float32] | None = result.as_numpy(modelrepo.PROBS)
@@ -134,6 +152,20 @@ class TritonClassifier:
         except InferenceServerException:
             return None
 
+    async def probe(self) -> bool:
+        """Whether the server is ready and serves this client's model (False when it
+        cannot be asked): what re-admits an ejected server to a pool."""
+        try:
+            return bool(
+                await self._client.is_server_ready(client_timeout=self._timeout_s)
+            ) and bool(
+                await self._client.is_model_ready(
+                    self._model, self._version, client_timeout=self._timeout_s
+                )
+            )
+        except InferenceServerException:
+            return False
+
     async def close(self) -> None:
         await self._client.close()
 
@@ -144,6 +176,11 @@ class Classifier(Protocol):
     async def classify(
         self, images: npt.NDArray[np.uint8], model: str = "", version: str = ""
     ) -> npt.NDArray[np.float32]: ...
+
+
+class RequestRefused(InferenceError):
+    """Triton answered and refused the request itself (no such model or version, a bad
+    input): the server is well, so a pool keeps sending it other requests."""
 
 
 class RouteGone(InferenceError):
@@ -218,3 +255,206 @@ class ResilientClassifier:
             self.breaker.record_success()
             BREAKER.set(0)
             return np.concatenate(results) if len(results) > 1 else results[0]
+
+
+class Server(Protocol):
+    """What a pool needs of one server's client (``TritonClassifier``, or a fake)."""
+
+    model_ref: ModelRef
+
+    async def connect(self, wait_s: float = 60.0) -> ModelRef: ...
+
+    async def classify(
+        self, images: npt.NDArray[np.uint8], model: str = "", version: str = ""
+    ) -> npt.NDArray[np.float32]: ...
+
+    async def is_ready(self, model: str, version: str) -> bool | None: ...
+
+    async def probe(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class _Member:
+    """One server of a pool: its client, requests in flight, whether it is sent any."""
+
+    __slots__ = ("address", "client", "healthy", "outstanding", "probing")
+
+    def __init__(self, address: str, client: Server) -> None:
+        self.address = address
+        self.client = client
+        self.healthy = False
+        self.outstanding = 0
+        self.probing: asyncio.Task[None] | None = None
+
+
+class TritonPool:
+    """One attempt at a batch, on the healthy server with the fewest requests in flight
+    (ties in turn); a ``Classifier`` over several servers.
+
+    A server whose request fails is ejected (unless it refused the request itself:
+    ``RequestRefused``) and the request goes at once to another healthy one; only when
+    none is left does the attempt raise InferenceError (so that
+    ``ResilientClassifier``'s backoff and breaker take over). An ejected server is
+    probed (server and model readiness), waiting ``probe_initial_s`` doubling up to
+    ``probe_max_s``, and takes requests again once a probe passes. The hot path is a
+    scan of a few members on the event loop: no locks.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, Server]],
+        probe_initial_s: float = 0.2,
+        probe_max_s: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not servers:
+            raise ValueError("a Triton pool needs at least one server")
+        self._members = [_Member(address, client) for address, client in servers]
+        self._probe_initial_s = probe_initial_s
+        self._probe_max_s = max(probe_max_s, probe_initial_s)
+        self._sleep = sleep
+        self._turn = 0
+        self._joining: list[asyncio.Task[ModelRef | None]] = []
+        self.model_ref = self._members[0].client.model_ref
+        for member in self._members:
+            SERVER_HEALTHY.labels(member.address).set(0)
+
+    @classmethod
+    def connect_to(
+        cls,
+        addresses: Sequence[str],
+        model: str,
+        version: str,
+        timeout_s: float,
+        reconnect_max_s: float = 1.0,
+    ) -> TritonPool:
+        """A pool of one ``TritonClassifier`` per address."""
+        return cls(
+            [
+                (a, TritonClassifier(a, model, version, timeout_s, reconnect_max_s))
+                for a in addresses
+            ],
+            probe_max_s=reconnect_max_s,
+        )
+
+    @property
+    def healthy(self) -> list[str]:
+        """The addresses requests go to now."""
+        return [m.address for m in self._members if m.healthy]
+
+    def outstanding(self, address: str) -> int:
+        return next(m.outstanding for m in self._members if m.address == address)
+
+    async def connect(self, wait_s: float = 60.0) -> ModelRef:
+        """Wait until at least one server serves the model; the others join as they
+        become ready (or are probed until they do). InferenceError when none is ready
+        within ``wait_s``."""
+        self._joining = [asyncio.ensure_future(self._join(m, wait_s)) for m in self._members]
+        pending: set[asyncio.Future[ModelRef | None]] = set(self._joining)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                ref = task.result()
+                if ref is not None:
+                    self.model_ref = ref
+                    return ref
+        raise InferenceError(
+            f"no Triton server became ready within {wait_s:.0f} s "
+            f"({', '.join(m.address for m in self._members)}): start one, or fix "
+            "CAMSTREAM_TRITON_GRPC"
+        )
+
+    async def _join(self, member: _Member, wait_s: float) -> ModelRef | None:
+        try:
+            ref = await member.client.connect(wait_s)
+        except Exception as exc:
+            log.warning("triton.server_not_ready", server=member.address, error=str(exc)[:300])
+            self._eject(member)
+            return None
+        self._admit(member)
+        return ref
+
+    def _pick(self, tried: list[_Member]) -> _Member | None:
+        members = self._members
+        count = len(members)
+        self._turn = (self._turn + 1) % count
+        best: _Member | None = None
+        for i in range(count):
+            member = members[(self._turn + i) % count]
+            if (
+                member.healthy
+                and member not in tried
+                and (best is None or member.outstanding < best.outstanding)
+            ):
+                best = member
+        return best
+
+    async def classify(
+        self, images: npt.NDArray[np.uint8], model: str = "", version: str = ""
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities from the first healthy server that answers; InferenceError
+        when every healthy server failed (or none is healthy)."""
+        tried: list[_Member] = []
+        error: InferenceError | None = None
+        while (member := self._pick(tried)) is not None:
+            member.outstanding += 1
+            SERVER_REQUESTS.labels(member.address).inc()
+            try:
+                return await member.client.classify(images, model, version)
+            except RequestRefused as exc:  # the server is well; another may serve it
+                error = exc
+                tried.append(member)
+            except InferenceError as exc:
+                error = exc
+                tried.append(member)
+                self._eject(member)
+            finally:
+                member.outstanding -= 1
+        if error is not None:
+            raise error
+        raise InferenceError(
+            f"no Triton server is healthy ({', '.join(m.address for m in self._members)})"
+        )
+
+    async def is_ready(self, model: str, version: str) -> bool | None:
+        """True if a healthy server serves that version, False if the healthy servers
+        answer that they do not, None when no healthy server can say."""
+        healthy = [m for m in self._members if m.healthy]
+        answers = await asyncio.gather(*(m.client.is_ready(model, version) for m in healthy))
+        if any(answers):
+            return True
+        if any(a is False for a in answers):
+            return False
+        return None
+
+    def _admit(self, member: _Member) -> None:
+        if not member.healthy:
+            member.healthy = True
+            SERVER_HEALTHY.labels(member.address).set(1)
+            log.info("triton.server_admitted", server=member.address)
+
+    def _eject(self, member: _Member) -> None:
+        if member.healthy:
+            member.healthy = False
+            SERVER_HEALTHY.labels(member.address).set(0)
+            log.warning("triton.server_ejected", server=member.address)
+        if member.probing is None or member.probing.done():
+            member.probing = asyncio.ensure_future(self._probe(member))
+
+    async def _probe(self, member: _Member) -> None:
+        delay = self._probe_initial_s
+        while True:
+            await self._sleep(delay)
+            if await member.client.probe():
+                self._admit(member)
+                return
+            delay = min(delay * 2, self._probe_max_s)
+
+    async def close(self) -> None:
+        tasks = [t for t in self._joining if not t.done()]
+        tasks += [m.probing for m in self._members if m.probing is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(m.client.close() for m in self._members))

@@ -40,7 +40,7 @@ from streams.batching import BatchPipeline
 from streams.breaker import CircuitBreaker
 from streams.drift import DRIFT_PUSH_SOURCE, DriftMonitor, drift_feature_row
 from streams.enrich import FeatureCache, FeaturePusher, OnlineStore
-from streams.infer import ResilientClassifier, RouteGone, TritonClassifier
+from streams.infer import ResilientClassifier, RouteGone, TritonPool
 from streams.pipeline import Limits, PreparedFrame, validate
 from streams.publish import Outgoing, Publisher, Send
 from streams.records_out import BatchTiming, build_prediction, dead_letter
@@ -131,7 +131,7 @@ class FrameWorker:
         self,
         config: WorkerConfig,
         *,
-        triton: TritonClassifier,
+        triton: TritonPool,
         classifier: ResilientClassifier,
         router: Router,
         decoder: Decoder,
@@ -482,8 +482,9 @@ def build_worker(
     on_failure: Any = None,
 ) -> FrameWorker:
     """The worker the app runs: every collaborator from settings."""
-    triton = TritonClassifier(
-        settings.triton_grpc,
+    # One client per listed server, each request to the least busy healthy one.
+    triton = TritonPool.connect_to(
+        settings.triton_grpc_addresses,
         settings.model_name,
         settings.model_version,
         settings.infer_timeout_s,

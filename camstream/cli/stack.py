@@ -51,6 +51,15 @@ def up(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Stream workers in the group.")] = 1,
+    triton: Annotated[
+        int,
+        typer.Option(
+            "--triton",
+            min=1,
+            help="Triton servers on the same model repository: each worker sends each "
+            "request to the healthy one with the fewest in flight.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the local stack (Kafka, Triton, Feast, a worker, sample producers, the live
     view and, with --prometheus, Prometheus) and show predictions as they flow. One
@@ -65,7 +74,7 @@ def up(
     lock = StackLock(config.state_dir.resolve()).acquire()
     try:
         with _native_stderr_to(config.state_dir.resolve() / "logs" / "up.log", config):
-            _run_stack(config, lock, duration, producers, quiet, view, prometheus, workers)
+            _run_stack(config, lock, duration, producers, quiet, view, prometheus, workers, triton)
     finally:
         lock.release()
 
@@ -109,6 +118,7 @@ def _run_stack(
     view: bool = True,
     prometheus: bool = False,
     workers: int = 1,
+    tritons: int = 1,
 ) -> None:
     from camstream.errors import ServiceError
     from camstream.stack.local import LocalStack
@@ -129,13 +139,15 @@ def _run_stack(
         metrics_port=config.metrics_port,
         view=view,
         prometheus=prometheus,
+        tritons=tritons,
     )
     try:
         info = stack.start()
         out(f"camstream stack up in {info.startup_s}s (state: {info.state_dir}/stack.json)")
         out(f"  kafka bootstrap : {info.kafka_bootstrap}")
         out(f"  triton grpc     : {info.triton_grpc}  (http {info.triton_http})")
-        out(f"  triton metrics  : http://127.0.0.1:{info.triton_metrics_port}/metrics")
+        for port in info.triton_metrics_ports:
+            out(f"  triton metrics  : http://127.0.0.1:{port}/metrics")
         out(f"  feast repo      : {info.feast_repo}")
         if info.view_url:
             out(f"  live view       : {info.view_url}")

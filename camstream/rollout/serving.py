@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from camstream.settings import Settings
 
 
-class Triton:
-    """The live server's model control, statistics and inference (tritonclient.grpc,
+class _Server:
+    """One live server's model control, statistics and inference (tritonclient.grpc,
     synchronous); its errors become ServiceError."""
 
     def __init__(self, address: str, timeout_s: float = 10.0) -> None:
@@ -104,6 +104,73 @@ class Triton:
             message = exc.message() if hasattr(exc, "message") else str(exc)
             message = (str(message).strip().splitlines() or [""])[0]  # not the stub's traceback
             raise ServiceError(f"Triton at {self.address} could not {what}: {message}") from exc
+
+
+class Triton:
+    """The live Triton servers of ``CAMSTREAM_TRITON_GRPC`` (one address or a
+    comma-separated list) as one: what a rollout changes acts on every server that is
+    live, and a server that is down is left alone (it loads the on-disk version policy
+    when it starts). A version counts as ready when every live server serves it;
+    statistics are summed over the servers; a canary batch is split over them, so each
+    answers for its share."""
+
+    def __init__(self, addresses: str, timeout_s: float = 10.0) -> None:
+        from camstream.settings import parse_addresses
+
+        self.address = addresses
+        self._servers = [_Server(a, timeout_s) for a in parse_addresses(addresses)]
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+
+    def _live(self) -> list[_Server]:
+        return [server for server in self._servers if server.live()]
+
+    def live(self) -> bool:
+        """Whether any server answers (the rollout then acts on those that do)."""
+        return any(server.live() for server in self._servers)
+
+    def load(self, model: str, timeout_s: float) -> None:
+        for server in self._live():
+            server.load(model, timeout_s)
+
+    def unload(self, model: str) -> None:
+        for server in self._live():
+            server.unload(model)
+
+    def ready_versions(self, model: str) -> list[int]:
+        """The versions of ``model`` that every live server serves."""
+        live = self._live()
+        if not live:
+            return []
+        ready = set(live[0].ready_versions(model))
+        for server in live[1:]:
+            ready &= set(server.ready_versions(model))
+        return sorted(ready)
+
+    def stats(self, model: str, version: int) -> VersionStats | None:
+        """The version's statistics summed over the servers that have it loaded; None
+        when none has."""
+        found = [s for s in (server.stats(model, version) for server in self._servers) if s]
+        if not found:
+            return None
+        return VersionStats(
+            sum(s.executions for s in found),
+            sum(s.success for s in found),
+            sum(s.success_ns for s in found),
+            sum(s.fail for s in found),
+        )
+
+    def classify(
+        self, model: str, version: int, images: npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities for ``images``, each live server answering for its share."""
+        live = self._live() or self._servers[:1]  # the error then names the server
+        live = live[: max(1, len(images))]
+        parts = np.array_split(images, len(live))
+        answers = [s.classify(model, version, p) for s, p in zip(live, parts, strict=True)]
+        return np.concatenate(answers)
 
 
 class CameraRoutes:

@@ -79,6 +79,10 @@ class StackInfo:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     triton_shm_prefix: str = ""
     view_url: str = ""
+    # With `up --triton N`: every server's metrics port and shared-memory prefix
+    # (triton_grpc then lists every gRPC address; the single fields name the first).
+    triton_metrics_ports: list[int] = field(default_factory=list)
+    triton_shm_prefixes: list[str] = field(default_factory=list)
     prometheus_url: str = ""
 
     def env(self) -> dict[str, str]:
@@ -153,8 +157,8 @@ def recover_folder(state_dir: Path, wait_s: float = 10.0) -> str | None:
     for pid in members():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    if info.triton_shm_prefix:
-        for region in SHM_DIR.glob(f"{info.triton_shm_prefix}*"):
+    for prefix in {info.triton_shm_prefix, *info.triton_shm_prefixes} - {""}:
+        for region in SHM_DIR.glob(f"{prefix}*"):
             region.unlink(missing_ok=True)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     stopped = (
@@ -182,6 +186,7 @@ class LocalStack:
         restart_policy: RestartPolicy | None = None,
         view: bool = False,
         prometheus: bool = False,
+        tritons: int = 1,
     ) -> None:
         """Every child (workers, producers) runs with ``settings`` as given, pointed at
         the stack's services (``child_settings``); ``worker_env`` holds ``CAMSTREAM_*``
@@ -200,7 +205,10 @@ class LocalStack:
         ``prometheus``: run a real Prometheus (Debian's) first, scraping every metrics
         port of the stack and Triton's as each service comes up (restarted workers and
         added ones included), with the repository's alert rules; its address goes into
-        stack.json."""
+        stack.json. ``tritons``: how many Triton servers to run on the same model
+        repository (`up --triton N`); the workers spread requests over all of them."""
+        if tritons < 1:
+            raise ValueError("a stack runs at least one Triton server")
         self.settings = settings
         self.cameras = cameras or []
         self.worker_env = worker_env or {}
@@ -208,7 +216,8 @@ class LocalStack:
         self.state_dir = settings.state_dir.resolve()
         self.logs_dir = self.state_dir / "logs"
         self.kafka: KafkaBroker | None = None
-        self.triton: TritonServer | None = None
+        self.tritons: list[TritonServer] = []
+        self.triton_count = tritons
         self.workers: list[ManagedProcess] = []
         self.producer: ManagedProcess | None = None
         self.view: ManagedProcess | None = None
@@ -280,7 +289,6 @@ class LocalStack:
             upsert_cameras,
         )
         from camstream.stack.kafka import KafkaBroker
-        from camstream.stack.triton import TritonServer
 
         s = self.settings
         assert self.info is not None
@@ -294,19 +302,8 @@ class LocalStack:
             partitions=s.topic_partitions,
             replication_factor=s.topic_replication_factor,
         )
-        self.triton = TritonServer(
-            s.model_repo,
-            cache_dir=s.cache_dir,
-            log_dir=self.logs_dir,
-            ready_models=(s.model_name,),
-        )
-        self.info.triton_shm_prefix = self.triton.shm_prefix
-        self._log_from["triton"] = log_size(self.triton.log_path)
-        self.triton.start()
-        self.info.triton_grpc = self.triton.grpc_address
-        self.info.triton_http = self.triton.http_address
-        self.info.triton_metrics_port = self.triton.metrics_port
-        self._record("triton", self.triton.pid, self.triton.log_path)
+        for index in range(self.triton_count):
+            self._start_triton(index)
         feast_repo = prepare_repo(self.state_dir / "feast")
         store = apply_repo(feast_repo)
         if self.cameras:
@@ -321,6 +318,38 @@ class LocalStack:
             self.producer = self._start_producer()
         if self._view:
             self.view = self._start_view()
+
+    @property
+    def triton(self) -> TritonServer | None:
+        """The first Triton server (most stacks run one)."""
+        return self.tritons[0] if self.tritons else None
+
+    def triton_name(self, index: int) -> str:
+        return "triton" if index == 0 else f"triton-{index + 1}"
+
+    def _start_triton(self, index: int) -> None:
+        """Start server ``index`` (each has its own ports and shared memory) and name
+        it in stack.json: triton_grpc lists every server started so far."""
+        from camstream.stack.triton import TritonServer
+
+        s, info, name = self.settings, self.info, self.triton_name(index)
+        assert info is not None
+        server = TritonServer(
+            s.model_repo, cache_dir=s.cache_dir, log_dir=self.logs_dir, ready_models=(s.model_name,)
+        )
+        self.tritons.append(server)
+        with self._state_guard:
+            info.triton_shm_prefixes.append(server.shm_prefix)
+            info.triton_shm_prefix = info.triton_shm_prefixes[0]
+        self._write_state()  # its shared memory is known before it can leave any
+        self._log_from[name] = log_size(server.log_path)
+        server.start()
+        with self._state_guard:
+            info.triton_grpc = ",".join(t.grpc_address for t in self.tritons)
+            info.triton_http = self.tritons[0].http_address
+            info.triton_metrics_ports.append(server.metrics_port)
+            info.triton_metrics_port = info.triton_metrics_ports[0]
+        self._record(name, server.pid, server.log_path)
 
     def child_settings(self, **update: Any) -> Settings:
         """The stack's own settings pointed at its services: what its children run with."""
@@ -469,22 +498,12 @@ class LocalStack:
     # Supervision ----------------------------------------------------------------------
 
     def _watched(self) -> list[Watched]:
-        kafka, triton = self.kafka, self.triton
-        assert kafka is not None and triton is not None
+        kafka = self.kafka
+        assert kafka is not None and self.tritons
 
         def restart_kafka() -> None:
             kafka.restart()
             self._record("kafka", kafka.pid, kafka.log_path)
-
-        def stop_triton() -> int | None:
-            code = triton.returncode  # read before stop() forgets the process
-            triton.stop()
-            return code
-
-        def restart_triton() -> None:
-            triton.stop()
-            triton.start()
-            self._record("triton", triton.pid, triton.log_path)
 
         watched = [
             Watched(
@@ -495,15 +514,8 @@ class LocalStack:
                 log_path=lambda: kafka.log_path,
                 log_from=self._log_from.get("kafka", 0),
             ),
-            Watched(
-                "triton",
-                running=triton.running,
-                restart=restart_triton,
-                stop=stop_triton,
-                log_path=lambda: triton.log_path,
-                log_from=self._log_from.get("triton", 0),
-            ),
         ]
+        watched += [self._watched_triton(i) for i in range(len(self.tritons))]
         watched += [self._watched_worker(i) for i in range(len(self.workers))]
         if self.producer is not None:
             watched.append(
@@ -543,6 +555,28 @@ class LocalStack:
             )
         return watched
 
+    def _watched_triton(self, index: int) -> Watched:
+        name, triton = self.triton_name(index), self.tritons[index]
+
+        def stop() -> int | None:
+            code = triton.returncode  # read before stop() forgets the process
+            triton.stop()
+            return code
+
+        def restart() -> None:
+            triton.stop()
+            triton.start()  # on the same ports: the workers' pools take it back
+            self._record(name, triton.pid, triton.log_path)
+
+        return Watched(
+            name,
+            running=triton.running,
+            restart=restart,
+            stop=stop,
+            log_path=lambda: triton.log_path,
+            log_from=self._log_from.get(name, 0),
+        )
+
     def _watched_worker(self, index: int) -> Watched:
         name = self._worker_name(index)
 
@@ -556,7 +590,9 @@ class LocalStack:
             restart=restart,
             stop=lambda: self.workers[index].stop(),  # noqa: PLW0108
             log_path=lambda: self.workers[index].log_path,
-            needs=("kafka", "triton"),
+            # A worker waits for its one Triton; with several it rides out any one's
+            # absence itself (its pool sends to the others).
+            needs=("kafka", "triton") if len(self.tritons) == 1 else ("kafka",),
             log_from=self._log_from.get(name, 0),
         )
 
@@ -624,7 +660,7 @@ class LocalStack:
 
     def _stop_services(self) -> None:
         services = (self.prometheus, self.view, self.producer, *self.workers)
-        for service in (*services, self.triton, self.kafka):
+        for service in (*services, *self.tritons, self.kafka):
             if service is None:
                 continue
             try:

@@ -65,8 +65,8 @@ def stack_targets(info: StackInfo, host: str = "127.0.0.1") -> list[Target]:
     targets = [
         Target(job_of(name), f"{host}:{port}") for name, port in sorted(info.metrics_ports.items())
     ]
-    if info.triton_metrics_port:
-        targets.append(Target("triton", f"{host}:{info.triton_metrics_port}"))
+    ports = info.triton_metrics_ports or [info.triton_metrics_port] * bool(info.triton_metrics_port)
+    targets += [Target("triton", f"{host}:{port}") for port in ports]
     return targets
 
 

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -172,8 +172,12 @@ class TritonServer:
         ready_models: Sequence[str] = (),
         ready_timeout_s: float = 120.0,
         stop_timeout_s: float = 30.0,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.model_repository = model_repository.resolve()
+        # Variables set for the server and its models' stubs on top of this process's
+        # (CAMSTREAM_MODEL_PRECISION, read by the models' model.py); applied at start.
+        self.environment = dict(environment or {})
         self.cache_dir = cache_dir
         self.log_dir = log_dir
         self.model_env = model_env
@@ -249,7 +253,7 @@ class TritonServer:
             name="tritonserver",
             argv=argv,
             log_path=self.log_path,
-            env=_server_environment(env),
+            env={**_server_environment(env), **self.environment},
             cwd=self.log_dir,
             stop_timeout_s=self.stop_timeout_s,
         ).start()

@@ -1,7 +1,8 @@
 """`camstream up --prometheus` as an operator runs it: a real Prometheus (Debian's)
-scrapes every process of the stack, two workers included, follows a worker that the
-supervisor restarts, is itself restarted on the same port and data, shows in `camstream
-status` and its `--watch` table, and SIGTERM leaves none of it behind."""
+scrapes every process of the stack, two workers and two Triton servers included,
+follows a worker that the supervisor restarts, is itself restarted on the same port
+and data, shows in `camstream status` and its `--watch` table, and SIGTERM leaves none
+of it behind."""
 
 from __future__ import annotations
 
@@ -48,11 +49,13 @@ def _until(what: str, check: Callable[[], T | None], timeout_s: float, up: Up) -
 
 
 class Up:
-    """A running `camstream up --prometheus --workers 2`, and its console lines."""
+    """A running `camstream up --prometheus --workers 2 --triton 2`, and its console
+    lines."""
 
     def __init__(self, state: Path, env: dict[str, str], stderr: Path) -> None:
         self.state, self.env, self.stderr = state, env, stderr
-        command = ["up", "--prometheus", "--workers", "2", "--quiet", "--duration", "900"]
+        command = ["up", "--prometheus", "--workers", "2", "--triton", "2", "--quiet"]
+        command += ["--duration", "900"]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "camstream", *command],
             stdout=subprocess.PIPE,
@@ -113,7 +116,9 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
         url = info["prometheus_url"]
         # Then `up` printed Prometheus' address, and stack.json names it
         assert url.startswith("http://127.0.0.1:"), info
-        assert f"  prometheus      : {url}" in up.lines, up.failure_text()
+        # (stack.json says running a moment before `up` prints its endpoints)
+        line = f"  prometheus      : {url}"
+        _until("`up` prints Prometheus' address", lambda: line in up.lines, 30, up)
         prometheus = PrometheusAPI(url)
 
         # and Prometheus scrapes every metrics port of the stack and Triton's, all up,
@@ -123,6 +128,11 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
         wanted = {t.address: t.job for t in stack_targets(stack)}
         assert set(wanted.values()) == {*JOBS, "triton"}
         assert list(wanted.values()).count("camstream-worker") == 2
+        # two Triton servers, each scraped, each listed for the workers
+        assert list(wanted.values()).count("triton") == 2
+        assert len(info["triton_grpc"].split(",")) == 2 == len(info["triton_shm_prefixes"])
+        for port in info["triton_metrics_ports"]:
+            assert f"  triton metrics  : http://127.0.0.1:{port}/metrics" in up.lines
 
         def all_up() -> dict[str, dict[str, Any]] | None:
             active = _targets(prometheus)
@@ -134,7 +144,8 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
         active = _until("every target of the stack is up", all_up, 90, up)
         assert {a: t["labels"]["job"] for a, t in active.items() if a in wanted} == wanted
         since = {name: entry["since"] for name, entry in info["services"].items()}
-        assert since["prometheus"] < min(since["triton"], since["worker"], since["worker-2"])
+        first = ("triton", "triton-2", "worker", "worker-2")
+        assert since["prometheus"] < min(since[name] for name in first)
 
         # and the workers' own metrics reach it: both ready, predicting every camera
         def both_ready() -> list[dict[str, Any]] | None:
@@ -149,6 +160,13 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
             return {s["metric"]["camera"] for s in by_camera} >= CAMERAS
 
         _until("predictions of every sample camera", predicted, 120, up)
+
+        # and the workers send requests to both Triton servers, which serve them
+        def both_serve() -> list[dict[str, Any]] | None:
+            served = prometheus.query('sum by (instance) (nv_inference_count{job="triton"}) > 0')
+            return served if len(served) == 2 else None
+
+        _until("both Triton servers serve requests", both_serve, 60, up)
 
         # And `camstream status` names it, running
         status = subprocess.run(
@@ -177,7 +195,7 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
         assert watch.returncode == 0, errors
         tables = re.split(r"^services *$", table, flags=re.MULTILINE)[1:]
         assert len(tables) >= 3, table  # refreshed
-        for word in ("prometheus", "worker-2", "producer", "view", *CAMERAS):
+        for word in ("prometheus", "worker-2", "triton-2", "producer", "view", *CAMERAS):
             assert word in tables[-1], tables[-1]
         assert f"prometheus  {url}" in table  # the endpoints, above each services table
         # with every service's metrics read, and rates from one table to the next
@@ -239,4 +257,6 @@ def test_up_with_prometheus_scrapes_every_process_follows_restarts_and_stops_cle
     for port in info["metrics_ports"].values():
         assert not port_open(port)
     assert not (state / "stack.json").exists()
+    for prefix in info["triton_shm_prefixes"]:
+        assert not list(Path("/dev/shm").glob(f"{prefix}*")), prefix
     print(f"whole test {time.monotonic() - started:.0f}s")

@@ -24,15 +24,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from camstream.errors import ServiceError
-from camstream.settings import Settings
 from camstream.stack.local import LocalStack
-from camstream.stack.setup import prepare
 from streams import exactly_once
 from tests.support.faults import kill_and_restart_worker, kill_worker
 from tests.support.stack import (
     Feed,
     Stack,
     metric_sum,
+    own_stack,
     prediction_counts,
     prediction_messages,
     predictions_of,
@@ -46,21 +45,15 @@ SESSION_TIMEOUT_S = 6.0
 @pytest.fixture(scope="module")
 def eos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, LocalStack]]:
     state = tmp_path_factory.mktemp("eos")
-    settings = Settings(state_dir=state)
-    prepared = prepare(settings)
-    local = LocalStack(
-        settings,
+    with own_stack(
+        state,
         worker_env={
             "CAMSTREAM_DELIVERY": "exactly_once",
             "CAMSTREAM_COMMIT_INTERVAL_S": "0.5",
             "CAMSTREAM_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
         },
-    )
-    try:
-        info = local.start()
-        yield Stack(info, settings, prepared.assets), local
-    finally:
-        local.stop()
+    ) as stack:
+        yield stack
 
 
 def _assert_each_once(counts: Counter[tuple[str, int]], delivered: set[tuple[str, int]]) -> None:

@@ -20,9 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from camstream.cameras import CameraSpec
-from camstream.settings import Settings
 from camstream.stack.local import LocalStack
-from camstream.stack.setup import prepare
 from tests.support.faults import (
     kill_and_restart_worker,
     kill_worker,
@@ -32,7 +30,14 @@ from tests.support.faults import (
     stop_triton,
 )
 from tests.support.live import slow_model_repository
-from tests.support.stack import Feed, Stack, metric_sum, prediction_counts, predictions_of
+from tests.support.stack import (
+    Feed,
+    Stack,
+    metric_sum,
+    own_stack,
+    prediction_counts,
+    predictions_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +48,8 @@ BUFFER_FRAMES = 64
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, LocalStack]]:
     state = tmp_path_factory.mktemp("faults")
-    settings = Settings(state_dir=state)
-    prepared = prepare(settings)
-    local = LocalStack(
-        settings,
+    with own_stack(
+        state,
         worker_env={
             "CAMSTREAM_INFER_TIMEOUT_S": "2",
             "CAMSTREAM_TRITON_RETRY_MAX_S": "1",
@@ -57,12 +60,8 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Lo
             # memory tests see the backlog stay in Kafka rather than fit in the buffer.
             "CAMSTREAM_BUFFER_FRAMES": str(BUFFER_FRAMES),
         },
-    )
-    try:
-        info = local.start()
-        yield Stack(info, settings, prepared.assets), local
-    finally:
-        local.stop()
+    ) as stack:
+        yield stack
 
 
 @dataclass

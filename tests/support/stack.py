@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,24 @@ class Feed(threading.Thread):
             self.producer.poll(0)
             self.halt.wait(1.0 / self.fps)
         self.producer.flush(15)
+
+
+@contextmanager
+def own_stack(
+    state: Path, worker_env: dict[str, str], **options: Any
+) -> Iterator[tuple[Stack, LocalStack]]:
+    """A test module's own LocalStack on ``state`` (its workers get ``worker_env``;
+    ``options`` go to LocalStack), stopped on the way out."""
+    from camstream.stack.setup import prepare
+
+    settings = Settings(state_dir=state)
+    prepared = prepare(settings)
+    local = LocalStack(settings, worker_env=worker_env, **options)
+    try:
+        info = local.start()
+        yield Stack(info, settings, prepared.assets), local
+    finally:
+        local.stop()
 
 
 def prediction_counts(predictions: list[dict[str, Any]]) -> Counter[tuple[str, int]]:

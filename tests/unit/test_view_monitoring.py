@@ -144,6 +144,15 @@ def test_stack_targets_name_docker_composes_jobs() -> None:
     assert {"camstream-worker", "camstream-producer", "triton"} <= compose_jobs
 
 
+def test_stack_targets_list_every_triton_server_of_a_stack() -> None:
+    info = StackInfo(triton_metrics_port=8002, triton_metrics_ports=[8002, 8012])
+    assert stack_targets(info) == [
+        Target("triton", "127.0.0.1:8002"),
+        Target("triton", "127.0.0.1:8012"),
+    ]
+    assert stack_targets(StackInfo()) == []
+
+
 def test_configuration_discovers_targets_from_a_file_it_rewrites(tmp_path: Path) -> None:
     server = PrometheusServer(tmp_path / "prom", tmp_path / "logs", [Target("triton", "h:1")],
                               scrape_interval_s=1, port=9999)  # fmt: skip
