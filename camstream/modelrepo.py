@@ -222,16 +222,9 @@ def config_path(repo: Path, model: str, target: Target) -> Path:
     return repo / model / name
 
 
-# The CPU config: the shape of efficientnet_lite0's config.pbtxt (its comments hold the
-# measurements behind each setting). model.py reads every name and number from here.
-CONFIG_TEMPLATE = """\
-# Written by camstream.modelrepo.triton_config(target=cpu): the python backend running
-# onnxruntime on each version's model.onnx, like efficientnet_lite0 (whose config.pbtxt
-# gives the measured reasons for batching, instances and threads).
-name: "{name}"
-backend: "python"
-max_batch_size: 32
-
+# Both targets' input and output: uint8 NHWC in, softmax probabilities over the
+# classes of labels.txt (the champion's, in its order) out. A template for str.format.
+_IO = """\
 input [
   {{
     name: "{image}"
@@ -240,7 +233,6 @@ input [
   }}
 ]
 
-# Softmax probabilities over the classes of labels.txt (the champion's), in its order.
 output [
   {{
     name: "{probs}"
@@ -249,7 +241,41 @@ output [
     label_filename: "{labels}"
   }}
 ]
+"""
 
+
+def _warmup(*batches: int) -> str:
+    """A model_warmup field (template text) of zero batches of these sizes."""
+    entry = """\
+  {{
+    name: "zeros_batch_%d"
+    batch_size: %d
+    inputs {{
+      key: "{image}"
+      value: {{
+        data_type: TYPE_UINT8
+        dims: [ 224, 224, 3 ]
+        zero_data: true
+      }}
+    }}
+  }}"""
+    return "model_warmup [\n" + ",\n".join(entry % (b, b) for b in batches) + "\n]\n"
+
+
+# The CPU config: the shape of efficientnet_lite0's config.pbtxt (its comments hold the
+# measurements behind each setting). model.py reads every name and number from here.
+CONFIG_TEMPLATE = (
+    """\
+# Written by camstream.modelrepo.triton_config(target=cpu): the python backend running
+# onnxruntime on each version's model.onnx, like efficientnet_lite0 (whose config.pbtxt
+# gives the measured reasons for batching, instances and threads).
+name: "{name}"
+backend: "python"
+max_batch_size: 32
+
+"""
+    + _IO
+    + """
 dynamic_batching {{
   max_queue_delay_microseconds: 100
 }}
@@ -266,21 +292,9 @@ parameters {{
   value: {{ string_value: "1" }}
 }}
 
-model_warmup [
-  {{
-    name: "zeros_batch_4"
-    batch_size: 4
-    inputs {{
-      key: "{image}"
-      value: {{
-        data_type: TYPE_UINT8
-        dims: [ 224, 224, 3 ]
-        zero_data: true
-      }}
-    }}
-  }}
-]
 """
+    + _warmup(4)
+)
 
 # The GPU config, for the same model.onnx (IMAGE uint8 NHWC in, PROBS out: no
 # preprocessing moves out of the graph).
@@ -294,7 +308,8 @@ model_warmup [
 # with `camstream bench triton --address HOST:8001 --batch 1,8,32,64 --concurrency
 # 8,32,64,128` and write the measured reasons here, as efficientnet_lite0's CPU
 # config.pbtxt does.
-GPU_CONFIG_TEMPLATE = """\
+GPU_CONFIG_TEMPLATE = (
+    """\
 # Written by camstream.modelrepo.triton_config(target=gpu); served when Triton runs with
 # --model-config-name=gpu (docker-compose.yml). Triton's onnxruntime backend on the GPU,
 # with TensorRT in FP16 running the graph, from the same model.onnx as the CPU config.
@@ -308,23 +323,9 @@ name: "{name}"
 backend: "onnxruntime"
 max_batch_size: 128
 
-input [
-  {{
-    name: "{image}"
-    data_type: TYPE_UINT8
-    dims: [ 224, 224, 3 ]
-  }}
-]
-
-output [
-  {{
-    name: "{probs}"
-    data_type: TYPE_FP32
-    dims: [ {classes} ]
-    label_filename: "{labels}"
-  }}
-]
-
+"""
+    + _IO
+    + """
 # Full batches keep the GPU busy; waiting up to 1 ms to fill one costs little against
 # a 25 ms p99 budget.
 dynamic_batching {{
@@ -358,33 +359,9 @@ optimization {{
 
 # Batch 1 then the largest batch at load: TensorRT builds its engine for the whole
 # range of batch sizes before the first frame, not while a backlog waits.
-model_warmup [
-  {{
-    name: "zeros_batch_1"
-    batch_size: 1
-    inputs {{
-      key: "{image}"
-      value: {{
-        data_type: TYPE_UINT8
-        dims: [ 224, 224, 3 ]
-        zero_data: true
-      }}
-    }}
-  }},
-  {{
-    name: "zeros_batch_128"
-    batch_size: 128
-    inputs {{
-      key: "{image}"
-      value: {{
-        data_type: TYPE_UINT8
-        dims: [ 224, 224, 3 ]
-        zero_data: true
-      }}
-    }}
-  }}
-]
 """
+    + _warmup(1, 128)
+)
 
 
 def triton_config(model: str, target: Target, classes: int | None = None) -> str:
@@ -607,7 +584,7 @@ def _with_policy(text: str, policy: str) -> str:
     """``text`` (a config) with ``policy`` in place of its version_policy, or added."""
     span = _top_level_field(text, "version_policy")
     if span is None:
-        note = "# Versions loaded, kept by `camstream promote` / `rollback` (rollout.py).\n"
+        note = "# Versions loaded, kept by `camstream promote` / `rollback` (camstream.rollout).\n"
         return text.rstrip("\n") + "\n\n" + note + policy + "\n"
     return text[: span[0]] + policy + text[span[1] :]
 

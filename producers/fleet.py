@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -24,6 +24,9 @@ from camstream.cameras import CameraConfigError, CameraSpec, camera_from_entry, 
 from camstream.settings import Settings
 from producers.delivery import FramePublisher
 from producers.stats import CAMERA_UP, CameraCounters, ProducerStats
+
+if TYPE_CHECKING:
+    from producers.producer import CameraWorker  # it imports this module
 
 log = structlog.get_logger(__name__)
 
@@ -78,8 +81,8 @@ class Fleet:
         self.max_frames = max_frames
         self.pace = pace
         self.record_seqs = record_seqs
-        self._running: dict[str, tuple[Any, threading.Event]] = {}
-        self._stopping: list[Any] = []
+        self._running: dict[str, tuple[CameraWorker, threading.Event]] = {}
+        self._stopping: list[CameraWorker] = []
         self._refused: dict[str, dict[str, Any]] = {}  # logged once per spec
 
     @property

@@ -15,9 +15,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import cv2
+import numpy as np
+import numpy.typing as npt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from camstream.imaging import encode_jpeg, jpeg_to_model_input
+from camstream.rollout import Triton
 from camstream.stack.local import LocalStack, read_state
 from camstream.stack.prometheus import stack_targets
 from camstream.stack.triton import TritonServer
@@ -163,3 +168,57 @@ def test_one_of_two_tritons_killed_and_restarted_loses_no_frame_and_requests_fol
         f"{ejected[0].at - killed_at:.1f}s after the kill, back "
         f"{after[0].at - back[0]:.1f}s after the restart"
     )
+
+
+def test_a_rollout_sees_both_servers_as_one(pool_stack: tuple[Stack, LocalStack]) -> None:
+    stack, local = pool_stack
+    settings = stack.settings
+    model = settings.model_name
+    # Given the rollout's view of the stack's two servers (what `camstream promote` uses)
+    fleet = Triton(stack.info.triton_grpc)
+    single = [Triton(t.grpc_address) for t in local.tritons]
+    try:
+        assert fleet.live()
+        # Then a version is ready where both serve it, and its statistics add up
+        assert fleet.ready_versions(model) == single[0].ready_versions(model) == [1]
+        stats = [s.stats(model, 1) for s in single]
+        summed = fleet.stats(model, 1)
+        assert summed is not None and all(stats)
+        assert summed.success >= sum(s.success for s in stats if s) > 0
+        # and a canary batch of real frames is answered half by each, as either alone
+        frames = _real_frames(stack, 6)
+        before = [s.stats(model, 1) for s in single]
+        probs = fleet.classify(model, 1, frames)
+        after = [s.stats(model, 1) for s in single]
+        alone = single[0].classify(model, 1, frames)
+        assert probs.shape == alone.shape
+        assert (probs.argmax(axis=1) == alone.argmax(axis=1)).all()
+        assert abs(probs - alone).max() < 1e-4
+        # and each server's statistics count the request of its share
+        for now, then in zip(after, before, strict=True):
+            assert now is not None and then is not None and now.success > then.success
+        # and with one server down, the rollout acts on the one that answers
+        local.tritons[1].stop()
+        assert fleet.live() and fleet.ready_versions(model) == [1]
+        assert fleet.classify(model, 1, frames).shape == alone.shape
+    finally:
+        if not local.tritons[1].running():
+            local.tritons[1].start()
+        fleet.close()
+        for s in single:
+            s.close()
+
+
+def _real_frames(stack: Stack, count: int) -> npt.NDArray[np.uint8]:
+    """``count`` frames of the sample street video, as the model takes them."""
+    frames: list[npt.NDArray[np.uint8]] = []
+    capture = cv2.VideoCapture(str(stack.assets.vtest_video))
+    try:
+        while len(frames) < count:
+            ok, bgr = capture.read()
+            assert ok, "the sample video ended"
+            jpeg = encode_jpeg(np.asarray(bgr, dtype=np.uint8), 90)
+            frames.append(jpeg_to_model_input(jpeg, bgr.shape[1], bgr.shape[0]))
+    finally:
+        capture.release()
+    return np.stack(frames)
