@@ -17,6 +17,13 @@ noise falls on all of them alike):
   from the first frame sent to the last prediction published.
 - At ``load`` x pipeline_fps, paced over ``cameras`` cameras for ``latency_s``: the
   end-to-end latency (capture to prediction published) percentiles.
+- Serving variants (``variants``), each round after the FP32 one-server round, through
+  the same worker: two Triton servers on the same repository (the worker's pool
+  spreads requests over both), and one server serving an INT8 variant of the model
+  (onnxruntime static quantization by training.quantize, made for this run in a copy
+  of the repository with its agreement gate opened: a speed figure only; the
+  quantize report says whether the gate would serve it). Their pipeline fps, each
+  against the in-process FP32 baseline and the one-server FP32 pipeline.
 - What the yardstick itself costs: the load generator (this process's Kafka producer)
   publishing alone, to a topic no worker reads, in a burst and paced at the load rate:
   its CPU per frame and the broker's; and per process (this one, Kafka, the worker,
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -59,6 +67,14 @@ class BenchConfig:
     load: float = 0.7
     distinct_frames: int = 120
     generator_s: float = 10.0  # the load generator alone, paced at the load rate
+    variants: bool = True  # also two servers, and INT8 (see the module's docstring)
+
+
+VARIANTS = {
+    "fp32_x1": "1 Triton server, FP32 (the rounds above)",
+    "fp32_x2": "2 Triton servers, FP32, the worker's pool spreading requests",
+    "int8_x1": "1 Triton server serving the INT8 variant",
+}
 
 
 def _video_frames(video: Path, count: int) -> list[bytes]:
@@ -263,6 +279,74 @@ def _generator_alone(
     return figures
 
 
+def _int8_repository(
+    settings: Settings, root: Path, sources: list[Path]
+) -> tuple[Path, dict[str, Any]]:
+    """A copy of the served model in ``root`` whose version also holds an INT8 variant,
+    made and measured by training.quantize with its agreement gate opened (a copy for
+    this benchmark only: what serves for real stays behind the gate). Returns the
+    repository and the quantize report (agreement, speed-up, the real gate's verdict)."""
+    from camstream.stack.setup import run_in_model_env
+    from camstream.stack.triton import locate_model_env
+    from training.quantize import MIN_AGREEMENT, REPORT_FILE
+
+    source = modelrepo.model_dir(settings.model_repo, settings.model_name)
+    target = root / "int8-repo" / settings.model_name
+    shutil.copytree(
+        source,
+        target,
+        ignore=shutil.ignore_patterns("model_int8.onnx*", REPORT_FILE, "__pycache__"),
+    )
+    version = settings.model_version_dir().name
+    onnx = target / version / modelrepo.ONNX_FILE
+    args = ["training.quantize", "--onnx", str(onnx), "--min-agreement", "0"]
+    run_in_model_env(locate_model_env(), [*args, "--frames", *map(str, sources)], "int8 variant")
+    report: dict[str, Any] = json.loads((onnx.parent / REPORT_FILE).read_text())
+    report["would_serve"] = report["agreement"] >= MIN_AGREEMENT
+    return target.parent, report
+
+
+def _pool_health(stack: Any) -> dict[str, float]:
+    """The first worker's view of each Triton server: 1 healthy, 0 ejected."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    health: dict[str, float] = {}
+    for family in text_string_to_metric_families(stack.worker_metrics()):
+        for sample in family.samples:
+            if sample.name == "camstream_worker_triton_server_healthy":
+                health[sample.labels["server"]] = sample.value
+    return health
+
+
+def _wait_healthy(stack: Any, addresses: list[str], timeout_s: float = 60.0) -> None:
+    """Until the worker's pool sends requests to every one of ``addresses`` again."""
+    deadline = time.monotonic() + timeout_s
+    while not all(_pool_health(stack).get(a) == 1.0 for a in addresses):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker did not take back {addresses}: {_pool_health(stack)}")
+        time.sleep(0.2)
+
+
+def _start_serving(stack: Any, index: int, repo: Path, precision: str) -> None:
+    """Start the stack's Triton server ``index`` on ``repo`` at ``precision`` (its ports
+    as before, so the worker's pool takes it back); checks the model it loaded."""
+    from camstream.stack.process import log_size
+
+    server = stack.tritons[index]
+    server.model_repository = repo.resolve()
+    server.environment = {"CAMSTREAM_MODEL_PRECISION": precision}
+    offset = log_size(server.log_path)
+    server.start()
+    with server.log_path.open("rb") as log:
+        log.seek(offset)
+        said = log.read().decode(errors="replace")
+    wanted = "model_int8.onnx on" if precision == "int8" else "model.onnx on"
+    if wanted not in said:
+        raise RuntimeError(
+            f"Triton {server.grpc_address} did not load {wanted!r}: {server.log_path}"
+        )
+
+
 def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
     from camstream.stack.local import LocalStack
     from camstream.stack.setup import prepare
@@ -283,10 +367,15 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         for i, jpeg in enumerate(frames):
             (frames_dir / f"{i:04d}.jpg").write_bytes(jpeg)
         stack_settings = settings.model_copy(update={"state_dir": Path(tmp) / "state"})
-        stack = LocalStack(stack_settings)
+        int8_repo, quantized = None, None
+        if config.variants:
+            videos = [prepared.assets.vtest_video, prepared.assets.bikes_video]
+            int8_repo, quantized = _int8_repository(settings, Path(tmp), videos)
+        stack = LocalStack(stack_settings, tritons=2 if config.variants else 1)
         info = stack.start()
-        # Each service runs in its own process group, led by the pid it was started as.
-        meter = CpuMeter({name: info.pids[name] for name in ("kafka", "triton", "worker")})
+        first = stack.tritons[0].grpc_address
+        if config.variants:  # the FP32 rounds run on the first server alone
+            stack.tritons[1].stop()
         generator_topic = f"{settings.topic_prefix}bench.generator"
         assert stack.kafka is not None
         stack.kafka.create_topics([generator_topic], partitions=settings.topic_partitions)
@@ -300,35 +389,59 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         inflight = settings.infer_inflight * settings.pipeline_depth
         baseline: list[dict[str, Any]] = []
         bare, pipeline, max_cpu, baseline_cpu = [], [], [], []
+        variant_fps: dict[str, list[float]] = {"fp32_x2": [], "int8_x1": []}
+
+        def through(producer: Producer, prefix: str) -> float:
+            """Pipeline fps of one throughput round under ``prefix``'s cameras."""
+            cameras = [f"{prefix}{i}" for i in range(config.cameras)]
+            started_ms = time.time_ns() // 1_000_000
+            _publish(producer, settings.frames_topic, frames, sizes, cameras, config.frames, None)
+            done = reader.wait_for(prefix, config.frames, 300)
+            last_ms = max(p["published_ts_ms"] for p in done)
+            return float(config.frames / ((last_ms - started_ms) / 1000))
+
+        def meter() -> CpuMeter:
+            # Each service runs in its own process group, led by the pid it was started
+            # as (read afresh: a variant round restarts the first server).
+            assert stack.kafka is not None
+            pids = {"kafka": stack.kafka.pid, "triton": stack.tritons[0].pid}
+            return CpuMeter({**pids, "worker": stack.workers[0].pid})
+
         try:
             # Warm the path (first batches pay connection set-up and caches).
             warm = [f"warm-{i}" for i in range(config.cameras)]
             _publish(producer, settings.frames_topic, frames, sizes, warm, 40, None)
             reader.wait_for("warm-", 40, 120)
             for r in range(config.rounds):
-                meter.start()
+                cpu = meter()
+                cpu.start()
                 baseline.append(
                     _baseline(env.bin_dir / "python", model_onnx, frames_dir, config.frames)
                 )
-                baseline_cpu.append(meter.stop(config.frames * len(baseline[-1]["candidates"])))
+                baseline_cpu.append(cpu.stop(config.frames * len(baseline[-1]["candidates"])))
                 bare.append(
                     asyncio.run(
-                        _bare_triton(
-                            info.triton_grpc, settings.model_name, bare_images, batch, inflight
-                        )
+                        _bare_triton(first, settings.model_name, bare_images, batch, inflight)
                     )
                 )
-                prefix = f"max{r}-"
-                cameras = [f"{prefix}{i}" for i in range(config.cameras)]
-                started_ms = time.time_ns() // 1_000_000
-                meter.start()
-                _publish(
-                    producer, settings.frames_topic, frames, sizes, cameras, config.frames, None
-                )
-                done = reader.wait_for(prefix, config.frames, 300)
-                max_cpu.append(meter.stop(config.frames))
-                last_ms = max(p["published_ts_ms"] for p in done)
-                pipeline.append(config.frames / ((last_ms - started_ms) / 1000))
+                cpu.start()
+                pipeline.append(through(producer, f"max{r}-"))
+                max_cpu.append(cpu.stop(config.frames))
+                if int8_repo is not None:
+                    one, two = stack.tritons
+                    _start_serving(stack, 1, settings.model_repo, "fp32")
+                    _wait_healthy(stack, [one.grpc_address, two.grpc_address])
+                    variant_fps["fp32_x2"].append(through(producer, f"two{r}-"))
+                    # INT8 on the second server alone: the first stops, the worker's
+                    # pool ejects it at its first refused request.
+                    two.stop()
+                    one.stop()
+                    _start_serving(stack, 1, int8_repo, "int8")
+                    _wait_healthy(stack, [two.grpc_address])
+                    variant_fps["int8_x1"].append(through(producer, f"int8{r}-"))
+                    two.stop()
+                    _start_serving(stack, 0, settings.model_repo, "fp32")
+                    _wait_healthy(stack, [one.grpc_address])
             max_fps = statistics.median(pipeline)
             rate = config.load * max_fps
             generator = _generator_alone(
@@ -336,7 +449,7 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
                 generator_topic,
                 frames,
                 sizes,
-                meter,
+                meter(),
                 config.cameras,
                 config.frames,
                 rate,
@@ -344,10 +457,11 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
             )
             count = int(rate * config.latency_s)
             cameras = [f"load-{i}" for i in range(config.cameras)]
-            meter.start()
+            cpu = meter()
+            cpu.start()
             _publish(producer, settings.frames_topic, frames, sizes, cameras, count, rate)
             loaded = reader.wait_for("load-", count, 120)
-            load_cpu = meter.stop(count)
+            load_cpu = cpu.stop(count)
             e2e = [float(p["latency"]["end_to_end_ms"]) for p in loaded]
             span_s = (
                 max(p["published_ts_ms"] for p in loaded)
@@ -367,6 +481,24 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
     burst_ms, paced_ms = (generator[c]["cpu_ms_per_frame"] for c in ("burst", "paced"))
     generator["share_of_machine_at_max"] = round(burst_ms * max_fps / 1000 / machine, 3)
     generator["share_of_machine_at_load"] = round(paced_ms * rate / 1000 / machine, 3)
+    variants: dict[str, Any] = {}
+    if quantized is not None:
+        rounds = {"fp32_x1": pipeline, **variant_fps}
+        for name, fps_rounds in rounds.items():
+            fps = statistics.median(fps_rounds)
+            variants[name] = {
+                "what": VARIANTS[name],
+                "fps": round(fps, 1),
+                "fps_rounds": [round(x, 1) for x in fps_rounds],
+                "vs_baseline": round(fps / baseline_fps, 3),
+                "vs_fp32_x1": round(fps / max_fps, 3),
+            }
+        variants["int8_x1"]["quantize"] = {
+            "agreement": quantized["agreement"],
+            "check_frames": quantized["check_frames"],
+            "would_serve": quantized["would_serve"],
+            "offline_speedup": quantized["timing"]["speedup"],
+        }
     return {
         "cameras": config.cameras,
         "frames_per_round": config.frames,
@@ -388,6 +520,7 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         "load_frames": len(loaded),
         "end_to_end_ms": _quantiles(e2e),
         "generator": generator,
+        "variants": variants,
         "cpu_ms_per_frame": {
             "baseline": _median_of(baseline_cpu),
             "max": _median_of(max_cpu),
@@ -436,6 +569,17 @@ def table(figures: dict[str, Any]) -> str:
             "",
         ),
     ]
+    variants = figures.get("variants") or {}
+    for name in ("fp32_x2", "int8_x1"):
+        if name in variants:
+            row = variants[name]
+            rows.append(
+                (
+                    f"pipeline, {row['what']}",
+                    f"{row['fps']:.1f} fps ({row['vs_fp32_x1']:.3f}x of 1 server FP32)",
+                    f"{row['vs_baseline']:.3f}",
+                )
+            )
     width = max(len(r[0]) for r in rows)
     lines = [f"{'what':<{width}}  {'figure':<34}  vs baseline"]
     lines += [f"{a:<{width}}  {b:<34}  {c}" for a, b, c in rows]
@@ -452,6 +596,14 @@ def table(figures: dict[str, Any]) -> str:
     ):
         mark = "*" if name == strongest["best"] else " "
         lines.append(f" {mark} {name:<12} {row['fps']:>7.1f}  {row['what']}")
+    if "int8_x1" in variants:
+        q = variants["int8_x1"]["quantize"]
+        gate = "would serve it" if q["would_serve"] else "refuses it for serving"
+        lines.append(
+            f"INT8 variant: top-1 agreement with FP32 {q['agreement']:.3f} on "
+            f"{q['check_frames']} real frames (the gate {gate}); offline speed-up "
+            f"{q['offline_speedup']:.2f}x at batch 8, one thread"
+        )
     generator = figures["generator"]
     lines.append(
         f"load generator alone: {generator['burst']['cpu_ms_per_frame']} ms CPU/frame "

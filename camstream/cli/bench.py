@@ -23,6 +23,10 @@ def pipeline(
     rounds: Annotated[int, typer.Option(help="Interleaved rounds; figures are medians.")] = 3,
     latency_s: Annotated[float, typer.Option(help="Length of the latency run.")] = 20.0,
     load: Annotated[float, typer.Option(help="Latency run's rate, x max throughput.")] = 0.7,
+    variants: Annotated[
+        bool,
+        typer.Option(help="Also two Triton servers, and one serving an INT8 variant (each round)."),
+    ] = True,
     as_json: AsJson = False,
 ) -> None:
     """Frames through the real stack vs. an in-process onnxruntime loop and bare Triton:
@@ -30,7 +34,12 @@ def pipeline(
     from benchmarks.pipeline import BenchConfig, run, table
 
     config = BenchConfig(
-        cameras=cameras, frames=frames, rounds=rounds, latency_s=latency_s, load=load
+        cameras=cameras,
+        frames=frames,
+        rounds=rounds,
+        latency_s=latency_s,
+        load=load,
+        variants=variants,
     )
     figures = run(settings(), config)
     out(json.dumps(figures) if as_json else table(figures))
