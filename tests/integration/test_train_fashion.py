@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,23 @@ import cv2
 import numpy as np
 import pytest
 
-from camstream.datasets import Dataset
+from camstream.datasets import Dataset, Split
 from camstream.fashion_mnist import fetch
 from camstream.imaging import encode_jpeg, jpeg_to_model_input
 from camstream.registry import Registry
 from camstream.settings import REPO_ROOT, Settings
-from camstream.stack.setup import run_in_model_env
+from camstream.stack.assets import ensure_assets
+from camstream.stack.setup import ensure_conveyor, run_in_model_env
 from camstream.stack.triton import locate_model_env
+from tests.support.models import run_model_module
+from training.quantize import (
+    INT8_FILE,
+    INT8_SIDECAR,
+    MAX_F1_DROP,
+    MIN_AGREEMENT,
+    REPORT_FILE,
+    TRAIN_CALIBRATION_IMAGES,
+)
 
 # Measured on 2 shared cores: ~3 min for the file with a warm embedding cache (4 runs of
 # ~40 s each), ~4 min on a cold one. A smaller subset narrows test (a)'s margin (+0.068).
@@ -150,6 +161,78 @@ def test_class_weights_raise_rare_class_recall_and_macro_f1(
     # Then weighting raises that class's recall and the macro-F1
     assert weighted["per_class"][RARE]["recall"] > plain["per_class"][RARE]["recall"]
     assert weighted["macro_f1"] > plain["macro_f1"]
+
+
+def test_quantize_gates_the_trained_version_on_agreement_and_test_macro_f1(
+    tmp_path: Path,
+    datasets: dict[str, Dataset],
+    balanced_runs: list[tuple[dict[str, Any], Path]],
+) -> None:
+    # Given a copy of a trained version (the registry stays as it was), its dataset and
+    # the frames `camstream quantize` gives any model: the sample videos, the conveyor
+    # folder (Fashion-MNIST products, this model's domain) and the photos
+    _, version = balanced_runs[0]
+    folder = tmp_path / "version"
+    shutil.copytree(version, folder)
+    dataset = datasets["balanced"]
+    cache = Settings().cache_dir
+    assets = ensure_assets(cache)
+    frames = [assets.vtest_video, assets.bikes_video, ensure_conveyor(cache)]
+    frames += list(assets.photos.values())
+    args: list[str | Path] = ["--json", "--onnx", folder / "model.onnx", "--frames", *frames]
+
+    # When its INT8 variant is made and measured, with the dataset's test split
+    args += ["--dataset-dir", dataset.root]
+    result = run_model_module("training.quantize", *args, timeout_s=540)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    f1, timing = report["macro_f1"], report["timing"]
+    verdict = "accepted" if report["accepted"] else "refused"
+    print(
+        f"\nINT8 of the trained {MODEL}: agreement {report['agreement']:.4f} on "
+        f"{report['check_frames']} held-out frames ({report['calibration_frames']} calibrated); "
+        f"macro-F1 FP32 {f1['macro_f1_fp32']:.4f} vs INT8 {f1['macro_f1_int8']:.4f} on "
+        f"{f1['n']} test images (drop {f1['drop_points']:.2f} points); speed-up "
+        f"{timing['speedup']:.2f}x (FP32 {timing['fp32_median_ms']:.1f} ms vs INT8 "
+        f"{timing['int8_median_ms']:.1f} ms, batch {timing['batch']}); {verdict}"
+    )
+
+    # Then the report describes this run: the frames given, plus a train-split sample
+    # in calibration, and the balanced set's whole test split
+    assert report == json.loads((folder / REPORT_FILE).read_text())
+    sources = report["frame_sources"]
+    assert report["check_frames"] == sum(s["check"] for s in sources.values()) > 0
+    assert sources["conveyor"]["check"] > 0 and sources["conveyor"]["calibration"] > 0
+    train_sample = min(TRAIN_CALIBRATION_IMAGES, len(dataset.select(Split.TRAIN)))
+    calibrated = sum(s["calibration"] for s in sources.values()) + train_sample
+    assert report["calibration_frames"] == calibrated > train_sample
+    assert f1["dataset"] == dataset.name and f1["split"] == "test"
+    assert f1["n"] == len(dataset.select(Split.TEST)) > 0
+    # and the FP32 figure is the version's own evaluation (same model, split and decode)
+    evaluation = json.loads((folder / "evaluation" / "report.json").read_text())
+    assert f1["macro_f1_fp32"] == pytest.approx(evaluation["macro_f1"], abs=1e-9)
+    assert 0.0 < f1["macro_f1_fp32"] <= 1.0 and 0.0 < f1["macro_f1_int8"] <= 1.0
+    drop = f1["macro_f1_fp32"] - f1["macro_f1_int8"]
+    assert f1["drop_points"] == pytest.approx(drop * 100, abs=5e-4)
+    assert (
+        f"{f1['macro_f1_int8']:.4f} against FP32 {f1['macro_f1_fp32']:.4f}" in report["reasons"][1]
+    )
+    assert timing["speedup"] > 1.0
+    # and the verdict is the gate's on both figures; only an accepted variant is written
+    agreed = round(report["agreement"] * report["check_frames"]) / report["check_frames"]
+    assert report["accepted"] == (agreed >= MIN_AGREEMENT and drop <= MAX_F1_DROP + 1e-12)
+    assert report["gate"] == {"min_agreement": MIN_AGREEMENT, "max_f1_drop": MAX_F1_DROP}
+    int8 = folder / INT8_FILE
+    if report["accepted"]:
+        assert result.returncode == 0 and int8.is_file()
+        sidecar = json.loads((folder / INT8_SIDECAR).read_text())
+        assert sidecar["fp32_sha256"] == report["fp32_sha256"] and sidecar["macro_f1"] == f1
+    else:
+        assert result.returncode == 1 and not int8.exists()
+        assert not (folder / INT8_SIDECAR).exists()
+        assert "refused the INT8 variant" in result.stderr
+    assert not list(folder.glob(".model_int8.*"))
+    assert not (version / REPORT_FILE).exists() and not (version / INT8_FILE).exists()
 
 
 # What a conveyor camera sends (an upscaled product photo) and a 720p camera frame: the
