@@ -12,8 +12,13 @@
 # 24.10 ships CUDA 12.6 and cuDNN 9, which onnxruntime-gpu 1.20 (CUDA 12 build, the
 # PyPI default since 1.19) is built against. numpy stays below 2, as in the local model
 # environment (requirements/model.txt pins numpy 1.26.4).
+#
+# BASE_IMAGE: NVIDIA's image by default; another tritonserver release, or a mirror of
+# it in a private registry, can be passed with --build-arg. Without a GPU, compose's cpu
+# profile runs docker/triton-cpu.Dockerfile instead.
 
-FROM nvcr.io/nvidia/tritonserver:24.10-py3
+ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+FROM ${BASE_IMAGE}
 
 RUN python3 -m pip install --no-cache-dir \
         "numpy==1.26.4" \

@@ -37,6 +37,8 @@ if [ ! -x "$uv" ]; then
 fi
 
 bash scripts/system-packages.sh
+# Docker Compose v2 (no engine): the unit tests validate docker-compose.yml's profiles.
+bash docker/install-engine.sh --compose-only
 
 echo "bootstrap: application environment (.venv)"
 "$uv" sync --frozen --quiet --python "$python"

@@ -546,49 +546,70 @@ class KafkaBroker:
 
         Returns once every partition of every topic has a leader.
         """
-        wanted = list(dict.fromkeys(names))
-        if not wanted:
-            return
-        admin = self.admin()
-        futures = admin.create_topics(
-            [
-                NewTopic(n, partitions, replication_factor, config=dict(config or {}))
-                for n in wanted
-            ],
-            request_timeout=timeout_s,
+        create_topics(
+            self.client_config(),
+            names,
+            partitions,
+            replication_factor=replication_factor,
+            config=config,
+            timeout_s=timeout_s,
         )
-        for name, future in futures.items():
-            # exception() rather than result(): a raised error's traceback would tie this
-            # frame, and so the admin client and its threads, into a reference cycle.
-            error = future.exception(timeout=timeout_s)
-            if error is None:
-                log.info("kafka.topic.created", topic=name, partitions=partitions)
-            elif (
-                isinstance(error, KafkaException)
-                and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
-            ):
-                log.info("kafka.topic.exists", topic=name)
-            else:
-                raise ServiceError(f"creating topic {name} failed: {error}")
-        self._wait_for_leaders(admin, wanted, timeout_s)
 
-    @staticmethod
-    def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            metadata = admin.list_topics(timeout=timeout_s)
-            missing = [
-                t
-                for t in topics
-                if t not in metadata.topics
-                or metadata.topics[t].error is not None
-                or any(p.leader < 0 for p in metadata.topics[t].partitions.values())
-            ]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise ServiceError(f"topics without leaders after {timeout_s:.0f}s: {missing}")
-            time.sleep(0.1)
+
+def create_topics(
+    client_config: Mapping[str, Any],
+    names: Iterable[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create topics on the cluster ``client_config`` (librdkafka settings) reaches; a
+    topic that already exists is left as is. Returns once every partition of every
+    topic has a leader. The local stack and compose's ``topics`` service create the
+    pipeline's topics with it before any worker subscribes or producer publishes.
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return
+    admin = AdminClient(dict(client_config))
+    futures = admin.create_topics(
+        [NewTopic(n, partitions, replication_factor, config=dict(config or {})) for n in wanted],
+        request_timeout=timeout_s,
+    )
+    for name, future in futures.items():
+        # exception() rather than result(): a raised error's traceback would tie this
+        # frame, and so the admin client and its threads, into a reference cycle.
+        error = future.exception(timeout=timeout_s)
+        if error is None:
+            log.info("kafka.topic.created", topic=name, partitions=partitions)
+        elif (
+            isinstance(error, KafkaException)
+            and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+        ):
+            log.info("kafka.topic.exists", topic=name)
+        else:
+            raise ServiceError(f"creating topic {name} failed: {error}")
+    _wait_for_leaders(admin, wanted, timeout_s)
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        missing = [
+            t
+            for t in topics
+            if t not in metadata.topics
+            or metadata.topics[t].error is not None
+            or any(p.leader < 0 for p in metadata.topics[t].partitions.values())
+        ]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"topics without leaders after {timeout_s:.0f}s: {missing}")
+        time.sleep(0.1)
 
 
 def _can_listen(port: int) -> bool:
