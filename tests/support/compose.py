@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 from testcontainers.compose import DockerCompose
 
@@ -132,7 +133,15 @@ def compose_files() -> list[str]:
 @contextmanager
 def compose_stack() -> Iterator[ComposeStack]:
     """Build (or reuse) the cpu profile's images, bring the stack up healthy, and take
-    every container, network and volume of it down afterwards."""
+    every container, network and volume of it down afterwards. The variables it sets
+    for docker and compose (DOCKER_HOST, the project, the view's token) are this
+    process's only while it runs: later tests start their own stacks without them."""
+    with patch.dict(os.environ), _compose_stack() as running:
+        yield running
+
+
+@contextmanager
+def _compose_stack() -> Iterator[ComposeStack]:
     busy = [f"{name} ({port})" for name, port in PUBLISHED.items() if not _port_free(port)]
     assert not busy, f"the compose stack publishes ports already in use: {', '.join(busy)}"
     started_engine = _ensure_engine()
