@@ -388,6 +388,12 @@ class TritonPool:
                 and (best is None or member.outstanding < best.outstanding)
             ):
                 best = member
+        if best is None and not any(m.healthy for m in members):
+            # None is healthy: the request itself tries the ejected ones (in turn, as a
+            # single server is tried), so a pool is never slower to come back than its
+            # probes; a success takes the server back.
+            untried = [m for m in members if m not in tried]
+            best = min(untried, key=lambda m: m.outstanding) if untried else None
         return best
 
     async def classify(
@@ -401,7 +407,7 @@ class TritonPool:
             member.outstanding += 1
             SERVER_REQUESTS.labels(member.address).inc()
             try:
-                return await member.client.classify(images, model, version)
+                probs = await member.client.classify(images, model, version)
             except RequestRefused as exc:  # the server is well; another may serve it
                 error = exc
                 tried.append(member)
@@ -409,6 +415,9 @@ class TritonPool:
                 error = exc
                 tried.append(member)
                 self._eject(member)
+            else:
+                self._admit(member)
+                return probs
             finally:
                 member.outstanding -= 1
         if error is not None:
@@ -444,9 +453,14 @@ class TritonPool:
 
     async def _probe(self, member: _Member) -> None:
         delay = self._probe_initial_s
-        while True:
+        while not member.healthy:
             await self._sleep(delay)
-            if await member.client.probe():
+            try:
+                ready = await member.client.probe()
+            except Exception as exc:  # a probe that cannot ask must not end the probing
+                log.warning("triton.probe_failed", server=member.address, error=str(exc)[:300])
+                ready = False
+            if ready:
                 self._admit(member)
                 return
             delay = min(delay * 2, self._probe_max_s)

@@ -161,7 +161,7 @@ def test_a_refused_request_tries_the_others_and_ejects_no_server() -> None:
     assert answer == 2.0  # s1 still refuses; s2 serves it
 
 
-def test_only_when_every_server_fails_does_the_pool_raise() -> None:
+def test_only_when_every_server_fails_does_the_pool_raise_and_a_request_takes_one_back() -> None:
     async def scenario() -> None:
         a, b = FakeServer("s1"), FakeServer("s2")
         pool = await _connected(a, b, probe_s=10)
@@ -170,9 +170,15 @@ def test_only_when_every_server_fails_does_the_pool_raise() -> None:
             with pytest.raises(InferenceError, match="refused"):
                 await pool.classify(_images())
             assert (a.calls, b.calls) == (1, 1)
-            with pytest.raises(InferenceError, match="no Triton server is healthy"):
+            assert pool.healthy == []
+            # with none healthy, each request tries the ejected servers itself (the
+            # probes wait 10 s here), so the pool comes back as soon as one does
+            with pytest.raises(InferenceError, match="refused"):
                 await pool.classify(_images())
-            assert (a.calls, b.calls) == (1, 1)
+            assert (a.calls, b.calls) == (2, 2)
+            a.down = False
+            assert float((await pool.classify(_images()))[0, 0]) == 1.0
+            assert pool.healthy == ["s1"]
         finally:
             await pool.close()
 
