@@ -278,7 +278,7 @@ class Server(Protocol):
 class _Member:
     """One server of a pool: its client, requests in flight, whether it is sent any."""
 
-    __slots__ = ("address", "client", "healthy", "outstanding", "probing")
+    __slots__ = ("address", "client", "healthy", "outstanding", "probing", "sent")
 
     def __init__(self, address: str, client: Server) -> None:
         self.address = address
@@ -286,6 +286,7 @@ class _Member:
         self.healthy = False
         self.outstanding = 0
         self.probing: asyncio.Task[None] | None = None
+        self.sent = SERVER_REQUESTS.labels(address)  # per request: no label lookup
 
 
 class TritonPool:
@@ -405,7 +406,7 @@ class TritonPool:
         error: InferenceError | None = None
         while (member := self._pick(tried)) is not None:
             member.outstanding += 1
-            SERVER_REQUESTS.labels(member.address).inc()
+            member.sent.inc()
             try:
                 probs = await member.client.classify(images, model, version)
             except RequestRefused as exc:  # the server is well; another may serve it
