@@ -14,5 +14,8 @@ lint:
 	.venv/bin/ruff format --check benchmarks camstream producers streams training tests
 	.venv/bin/mypy
 
+# The suite on the local stack's processes, then the tests marked `compose` on
+# docker-compose's cpu profile (CAMSTREAM_TEST_STACK=compose; tests/integration/conftest.py).
 test: setup lint
-	.venv/bin/python -m pytest -q $(ARGS)
+	.venv/bin/python -m pytest -q -m "not compose_only" $(ARGS)
+	CAMSTREAM_TEST_STACK=compose .venv/bin/python -m pytest -q -m compose tests/integration

@@ -57,6 +57,7 @@ def _predictions_for(stack: Stack, camera_ids: set[str], expected: int) -> list[
     return [json.loads(m.value()) for m in messages]
 
 
+@pytest.mark.compose
 def test_every_frame_from_real_videos_yields_exactly_one_valid_prediction(stack: Stack) -> None:
     # Given two cameras replaying the real sample videos
     cameras = [
@@ -84,6 +85,7 @@ def test_every_frame_from_real_videos_yields_exactly_one_valid_prediction(stack:
         assert prediction["dedup_key"] == f"{prediction['camera_id']}:{prediction['seq']}"
 
 
+@pytest.mark.compose
 def test_drift_records_per_camera_window_are_schema_valid(stack: Stack) -> None:
     # Given the frames of the previous test (60 per camera) and windows of DRIFT_WINDOW
     # frames, when the drift topic is read, then each camera has full, valid windows.
@@ -112,6 +114,7 @@ def test_drift_records_per_camera_window_are_schema_valid(stack: Stack) -> None:
         assert record["drift"] == bool(record["reasons"])
 
 
+@pytest.mark.compose
 @pytest.mark.parametrize(
     ("photo", "accepted"),
     [("cat", CAT_LABELS), ("espresso", {"espresso", "cup", "coffee mug"})],
@@ -132,6 +135,7 @@ def test_real_photo_gets_its_imagenet_label(stack: Stack, photo: str, accepted: 
     assert prediction["label"] in accepted, prediction["top_k"]
 
 
+@pytest.mark.compose
 def test_corrupt_jpeg_goes_to_dlq_and_later_frames_are_predicted(stack: Stack) -> None:
     # Given a camera sending a good frame, a corrupt JPEG, then two good frames
     camera_id = "dlq-cam"
@@ -159,6 +163,7 @@ def test_corrupt_jpeg_goes_to_dlq_and_later_frames_are_predicted(stack: Stack) -
     assert all(p["enrichment"] == "missing" for p in predictions)  # never registered
 
 
+@pytest.mark.compose
 def test_raising_the_feast_threshold_above_the_score_makes_the_label_uncertain(
     stack: Stack,
 ) -> None:
@@ -225,6 +230,7 @@ def _tail(stack: Stack, topic: str) -> Consumer:
 # -- data quality and micro-batching on the session stack -------------------------------
 
 
+@pytest.mark.compose
 def test_over_exposed_frames_raise_the_drift_flag_while_calibrating(stack: Stack) -> None:
     # Given a camera sending a window of nearly white frames (each its own: not frozen)
     camera_id = "e2e-overexposed"

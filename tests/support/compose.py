@@ -3,10 +3,11 @@ the images docker/build-local.sh builds (no registry here), the engine of
 docker/engine.sh unless one already answers, and everything torn down afterwards
 (containers, networks, volumes; the engine stopped if this started it).
 
-``CAMSTREAM_COMPOSE_FILES`` and the profile follow docker/compose-local.sh: the
-repository's docker-compose.yml, docker/compose.local.yml (locally built Kafka, Redis,
-Prometheus) and, where egress goes through a TLS-intercepting proxy, the host's CA
-bundle mounted into sample-data (docker/compose.egress-ca.yml).
+The compose files follow docker/compose-local.sh: the repository's docker-compose.yml,
+docker/compose.local.yml (locally built Kafka, Redis, Prometheus), the suite's own
+settings for the worker (tests/support/compose.test.yml) and, where egress goes through
+a TLS-intercepting proxy, the host's CA bundle mounted into sample-data
+(docker/compose.egress-ca.yml).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _port_free(port: int) -> bool:
 
 
 def compose_files() -> list[str]:
-    files = ["docker-compose.yml", "docker/compose.local.yml"]
+    files = ["docker-compose.yml", "docker/compose.local.yml", "tests/support/compose.test.yml"]
     if not os.environ.get("CAMSTREAM_EGRESS_CA_BUNDLE") and any(EGRESS_CA_DIR.glob("*.crt")):
         os.environ["CAMSTREAM_EGRESS_CA_BUNDLE"] = str(HOST_CA_BUNDLE)
     if os.environ.get("CAMSTREAM_EGRESS_CA_BUNDLE"):

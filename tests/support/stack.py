@@ -22,6 +22,7 @@ from typing import Any
 
 import cv2
 import jsonschema
+import pytest
 from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
@@ -32,9 +33,25 @@ from camstream.records import FrameHeaders
 from camstream.settings import REPO_ROOT, Settings
 from camstream.stack.assets import SampleAssets
 from camstream.stack.local import LocalStack, StackInfo
+from tests.support.compose import ComposeStack
 
 # The session stack's drift window (frames): small, so the tests see windows close.
 DRIFT_WINDOW = 10
+STACKS = ("local", "compose")
+
+
+def stack_kind() -> str:
+    """The session's stack, as CAMSTREAM_TEST_STACK names it (tests/integration/conftest.py)."""
+    kind = os.environ.get("CAMSTREAM_TEST_STACK", "local")
+    if kind not in STACKS:
+        raise pytest.UsageError(f"CAMSTREAM_TEST_STACK={kind!r}: use one of {', '.join(STACKS)}")
+    return kind
+
+
+def session_settings(**values: Any) -> Settings:
+    """The session stack's settings: a short Feast cache, small drift windows (the
+    compose worker gets the same two from tests/support/compose.test.yml)."""
+    return Settings(feature_cache_ttl_s=0.5, drift_window_frames=DRIFT_WINDOW, **values)
 
 
 @dataclass
@@ -43,6 +60,7 @@ class Stack:
     settings: Settings
     assets: SampleAssets
     local: LocalStack | None = None  # the processes, where this test session started them
+    compose: ComposeStack | None = None  # or the compose stack (CAMSTREAM_TEST_STACK=compose)
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.info.kafka_bootstrap, "acks": "all"})
@@ -75,7 +93,14 @@ class Stack:
             future.result(timeout=10)
 
     def register(self, *cameras: CameraSpec) -> None:
-        upsert_cameras(open_store(Path(self.info.feast_repo)), list(cameras))
+        """Register (or replace) cameras in the stack's Feast: on the compose stack as an
+        operator would, `camstream cameras add` inside the worker's container."""
+        if self.compose is None:
+            upsert_cameras(open_store(Path(self.info.feast_repo)), list(cameras))
+            return
+        for camera in cameras:
+            self.compose.run("exec", "-T", "worker", "camstream", "cameras", "add",
+                             *camera_add_args(camera))  # fmt: skip
 
     def collect(
         self,
@@ -111,6 +136,22 @@ class Stack:
         finally:
             consumer.close()
         return messages
+
+
+def camera_add_args(camera: CameraSpec) -> list[str]:
+    """`camstream cameras add`'s arguments for ``camera`` (AssertionError for a field the
+    command does not take)."""
+    flags = {"source": "--source", "fps": "--fps", "site": "--site", "zone": "--zone",
+             "confidence_threshold": "--threshold", "model": "--model",
+             "model_version": "--model-version"}  # fmt: skip
+    args = [camera.id, "--loop" if camera.loop else "--no-loop"]
+    args.append("--indoor" if camera.indoor else "--no-indoor")
+    for field, flag in flags.items():
+        args += [flag, str(getattr(camera, field))]
+    taken = set(flags) | {"id", "loop", "indoor"}
+    others = set(camera.model_fields_set) - taken
+    assert not others, f"`camstream cameras add` cannot set {sorted(others)}"
+    return args
 
 
 def schema_validator(name: str) -> jsonschema.protocols.Validator:
