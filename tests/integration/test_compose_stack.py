@@ -38,6 +38,7 @@ pytestmark = [
     pytest.mark.timeout(1800),
 ]
 
+
 @pytest.fixture(scope="module")
 def compose(request: pytest.FixtureRequest) -> Iterator[tuple[ComposeStack, Stack]]:
     """The session's compose stack (CAMSTREAM_TEST_STACK=compose), or one of this
