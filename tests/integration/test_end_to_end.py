@@ -290,11 +290,24 @@ def test_a_burst_goes_to_triton_in_bounded_micro_batches_of_concurrent_requests(
 ) -> None:
     # Given the worker's limits (16 frames a batch, each batch split over 2 requests)
     assert (stack.settings.batch_max, stack.settings.infer_inflight) == (16, 2)
-    camera_id = "e2e-burst"
+    merged: list[Counter[int]] = []
+    # When a burst of 96 frames arrives at once (up to three bursts: whether Triton's
+    # queue holds two requests at one moment depends on the machine's timing)
+    for burst in range(3):
+        grown = _burst(stack, f"e2e-burst-{burst}")
+        merged.append(grown)
+        if max(grown) > 8:
+            break
+    # Then, with CAMSTREAM_PIPELINE_DEPTH batches overlapping, more requests were in
+    # flight than Triton's two instances take at once: the dynamic batcher merged
+    # queued requests into executions larger than any one request (8 rows)
+    assert max(max(g) for g in merged) > 8, merged
+
+
+def _burst(stack: Stack, camera_id: str) -> Counter[int]:
+    """96 frames at once from ``camera_id``, checked; Triton's executions by size."""
     jpeg, width, height = _photo(stack, "orange")
     batches_before, triton_before = _batches(stack), _triton_stats(stack)
-
-    # When a burst of 96 frames arrives at once
     producer = stack.producer()
     for seq in range(1, 97):
         stack.publish(producer, camera_id, seq, jpeg, width, height)
@@ -305,21 +318,18 @@ def test_a_burst_goes_to_triton_in_bounded_micro_batches_of_concurrent_requests(
     )
     triton = _triton_stats(stack)
 
-    # Then the worker took it in micro-batches of at most 16 frames, most of several
+    # The worker took it in micro-batches of at most 16 frames, most of several
     assert frames == 96
     assert bounded == count, "a micro-batch held more than CAMSTREAM_BATCH_MAX frames"
     assert count <= 96 / 4, f"{count} micro-batches for 96 frames"
     # and sent each batch of several frames as two requests (one for a single frame):
-    # Triton counted exactly those requests, and ran its rows in executions of several
+    # Triton counted exactly those requests and rows
     requests = triton["requests"] - triton_before["requests"]
     assert requests == 2 * count - single, (requests, count, single)
     assert triton["rows"] - triton_before["rows"] == 96
-    # and, with CAMSTREAM_PIPELINE_DEPTH batches overlapping, more requests were in
-    # flight than Triton's two instances take at once: the dynamic batcher merged
-    # queued requests into executions larger than any one request (8 rows)
-    grown = triton["by_size"] - triton_before["by_size"]
+    grown: Counter[int] = triton["by_size"] - triton_before["by_size"]
     print(f"burst: {count:.0f} micro-batches, Triton executions by size {dict(grown)}")
-    assert max(grown) > 8, grown
+    return grown
 
 
 # -- drift against a camera's own baseline, across a worker restart ---------------------
