@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from camstream.stack.assets import ensure_assets
-from camstream.stack.local import LocalStack, StackInfo
+from camstream.stack.local import LocalStack
 from camstream.stack.process import tail
 from camstream.stack.setup import prepare
 from tests.support.compose import compose_stack
-from tests.support.stack import Stack, session_settings, stack_kind
+from tests.support.stack import Stack, compose_handle, session_settings, stack_kind
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,9 +44,7 @@ def compose_session() -> Iterator[Stack]:
     """docker-compose's cpu profile, up for the whole session (CAMSTREAM_TEST_STACK=compose)."""
     with compose_stack() as running:
         print(f"\ncompose cpu profile healthy after {running.startup_s}s")
-        settings = session_settings()
-        info = StackInfo(kafka_bootstrap=running.kafka_bootstrap, triton_grpc=running.triton_grpc)
-        yield Stack(info, settings, ensure_assets(settings.cache_dir), compose=running)
+        yield compose_handle(running)
 
 
 @pytest.fixture(scope="session")

@@ -19,15 +19,13 @@ from typing import Any
 
 import pytest
 
-from camstream.stack.assets import ensure_assets
-from camstream.stack.local import StackInfo
 from tests.support.compose import ComposeStack, compose_stack
 from tests.support.stack import (
     Feed,
     Stack,
+    compose_handle,
     predictions_of,
     schema_validator,
-    session_settings,
     stack_kind,
 )
 
@@ -50,9 +48,7 @@ def compose(request: pytest.FixtureRequest) -> Iterator[tuple[ComposeStack, Stac
         return
     with compose_stack() as running:
         print(f"\ncompose cpu profile healthy after {running.startup_s}s")
-        settings = session_settings()
-        info = StackInfo(kafka_bootstrap=running.kafka_bootstrap, triton_grpc=running.triton_grpc)
-        yield running, Stack(info, settings, ensure_assets(settings.cache_dir), compose=running)
+        yield running, compose_handle(running)
 
 
 def test_the_stacks_own_sample_camera_is_predicted(compose: tuple[ComposeStack, Stack]) -> None:

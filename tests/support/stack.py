@@ -54,6 +54,16 @@ def session_settings(**values: Any) -> Settings:
     return Settings(feature_cache_ttl_s=0.5, drift_window_frames=DRIFT_WINDOW, **values)
 
 
+def compose_handle(running: ComposeStack) -> Stack:
+    """The Stack handle on a running compose stack (its host addresses, the session's
+    settings, the sample assets)."""
+    from camstream.stack.assets import ensure_assets
+
+    settings = session_settings()
+    info = StackInfo(kafka_bootstrap=running.kafka_bootstrap, triton_grpc=running.triton_grpc)
+    return Stack(info, settings, ensure_assets(settings.cache_dir), compose=running)
+
+
 @dataclass
 class Stack:
     info: StackInfo
