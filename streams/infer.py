@@ -144,13 +144,25 @@ class TritonClassifier:
         return probs.astype(np.float32, copy=False)
 
     async def is_ready(self, model: str, version: str) -> bool | None:
-        """Whether Triton serves that version now; None when Triton cannot be asked."""
+        """True while Triton serves that version; False once Triton says it is not loaded
+        (unloaded, failed, never there); None when Triton cannot tell: it is away, or the
+        version is loaded but not ready at this moment (still loading, or a python stub
+        being restarted after a crash), which a retry waits out."""
         try:
-            return bool(
-                await self._client.is_model_ready(model, version, client_timeout=self._timeout_s)
+            timeout = self._timeout_s
+            if await self._client.is_model_ready(model, version, client_timeout=timeout):
+                return True
+            index = await self._client.get_model_repository_index(
+                as_json=True, client_timeout=timeout
             )
         except InferenceServerException:
             return None
+        states = {
+            entry.get("state")
+            for entry in index.get("models", [])
+            if entry.get("name") == model and str(entry.get("version", "")) == version
+        }
+        return None if states & PASSING_STATES else False
 
     async def probe(self) -> bool:
         """Whether the server is ready and serves this client's model (False when it
@@ -168,6 +180,10 @@ class TritonClassifier:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+# Repository-index states of a version that is (or is about to be) served.
+PASSING_STATES = frozenset({"READY", "LOADING"})
 
 
 class Classifier(Protocol):

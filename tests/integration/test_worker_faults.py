@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_triton_frozen_for_15s_loses_no_frame_and_the_worker_recovers_alone(
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
-    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    _assert_all_predicted(stack, local, feed, predictions)
     assert len(feed.delivered) > 2 * 8 * 20
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
     # and the backlog grew in Kafka while Triton was away, not in the worker's memory
@@ -164,7 +165,7 @@ def test_triton_stopped_and_started_again_loses_no_frame(
 
     # Then every acknowledged frame has a prediction, from the same worker process
     predictions = predictions_of(stack, set(cameras), feed.delivered)
-    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    _assert_all_predicted(stack, local, feed, predictions)
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
     assert seen.max_lag > 50
     _assert_backlog_stayed_in_kafka(seen, feed, record_property)
@@ -173,15 +174,40 @@ def test_triton_stopped_and_started_again_loses_no_frame(
     # and the breaker was seen open during the fault, and is closed again after it
     assert 2 in seen.breaker, seen.breaker
     assert metric_sum(metrics, "camstream_worker_breaker_state") == 0
-    # and the worker found the server again soon after it was back (gRPC's reconnect
-    # backoff is capped at CAMSTREAM_TRITON_RETRY_MAX_S, 1 s here; 0.7 s measured, the
-    # rest is room for a batch on 2 shared cores)
+    # and the worker found the server again soon after it was back: each wait on the
+    # way is capped at 1 s here (gRPC's reconnect backoff and the pool's probe, both
+    # CAMSTREAM_TRITON_RETRY_MAX_S; the batch's retry; the breaker's reset), so four
+    # waits and a batch, not gRPC's default backoff of up to 120 s. Measured: 0.8-1.2 s
+    # alone, 4.0 s once in a full CI run on 2 shared cores.
     found_s = (
         min(p["published_ts_ms"] for p in predictions if p["published_ts_ms"] > back_ms) - back_ms
     ) / 1000
     record_property("first_prediction_after_restart_s", round(found_s, 2))
     print(f"triton restart: first prediction {found_s:.2f}s after the server was ready")
-    assert found_s < 2.5
+    assert found_s < 4 * 1.0 + 2.0
+
+
+def _assert_all_predicted(
+    stack: Stack, local: LocalStack, feed: Feed, predictions: list[dict[str, Any]]
+) -> None:
+    """Every acknowledged frame has a prediction; if not, the message says where the
+    missing ones went: the DLQ (by kind), or nowhere, and whether Triton still runs."""
+    missing = feed.delivered - {(p["camera_id"], p["seq"]) for p in predictions}
+    if not missing:
+        return
+    dead = Counter(
+        dict(m.headers() or [])["error-kind"].decode()
+        for m in stack.collect(
+            stack.settings.dlq_topic, lambda _m: False, timeout_s=5, camera_ids=set(feed.cameras)
+        )
+        if (m.key().decode(), int(dict(m.headers() or [])["seq"])) in missing
+    )
+    triton = local.triton is not None and local.triton.running()
+    raise AssertionError(
+        f"{len(missing)} of {len(feed.delivered)} acknowledged frames have no prediction "
+        f"(first {sorted(missing)[:6]}); in the DLQ: {dict(dead) or 'none'}; "
+        f"Triton running: {triton}; logs: {local.logs_dir}"
+    )
 
 
 def _rss_mb(pid: int) -> float:
@@ -266,7 +292,7 @@ def test_kafka_refusing_predictions_stalls_the_worker_and_loses_nothing(
     # Then the refused records were sent again: every acknowledged frame has a
     # prediction, from the same worker, and the frames waited in Kafka meanwhile
     predictions = predictions_of(stack, set(cameras), feed.delivered)
-    assert {(p["camera_id"], p["seq"]) for p in predictions} >= feed.delivered
+    _assert_all_predicted(stack, local, feed, predictions)
     assert local.workers[0].pid == worker_pid and local.workers[0].running()
     assert seen.max_lag > 50
     failures = metric_sum(local.worker_metrics(), "camstream_worker_publish_failures_total")

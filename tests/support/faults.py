@@ -27,13 +27,18 @@ def _triton(stack: LocalStack) -> TritonServer:
 
 
 def pause_triton(stack: LocalStack) -> None:
-    """Freeze the Triton server (SIGSTOP to its process group): connections hang and
-    every request times out, the way a stuck or unreachable server behaves."""
-    os.killpg(_triton(stack).pid, signal.SIGSTOP)
+    """Freeze the Triton server (SIGSTOP to the tritonserver process): connections hang
+    and every request times out, the way a stuck or unreachable server behaves.
+
+    Only the server process: its python-backend stubs go on running, idle. Freezing
+    them too (the whole process group) made Triton 2.51 crash on SIGCONT here (SIGSEGV
+    in libtriton_python's execute, then boost::interprocess::lock_exception), which
+    is a crashed server, the fault ``stop_triton`` stands for, not a frozen one."""
+    os.kill(_triton(stack).pid, signal.SIGSTOP)
 
 
 def resume_triton(stack: LocalStack) -> None:
-    os.killpg(_triton(stack).pid, signal.SIGCONT)
+    os.kill(_triton(stack).pid, signal.SIGCONT)
 
 
 def stop_triton(stack: LocalStack) -> None:

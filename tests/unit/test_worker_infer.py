@@ -6,10 +6,12 @@ import asyncio
 
 import numpy as np
 import numpy.typing as npt
+import pytest
+from tritonclient.utils import InferenceServerException
 
 from camstream.errors import InferenceError
 from streams.breaker import BreakerState, CircuitBreaker
-from streams.infer import ResilientClassifier, RouteGone
+from streams.infer import ResilientClassifier, RouteGone, TritonClassifier
 
 
 class FakeTriton:
@@ -93,3 +95,52 @@ def test_a_version_triton_no_longer_serves_is_given_up_not_retried_for_ever() ->
     assert "m:7 is not served" in gone
     assert len(triton.calls) == 2 and clock.sleeps == [0.1]
     assert classifier.breaker.state is BreakerState.CLOSED  # not a server failure
+
+
+class FakeServer:
+    """What TritonClassifier.is_ready asks of tritonclient: readiness, then the index."""
+
+    def __init__(self, ready: bool, index: list[dict[str, str]] | Exception) -> None:
+        self.ready = ready
+        self.index = index
+
+    async def is_model_ready(self, model: str, version: str, client_timeout: float) -> bool:
+        return self.ready
+
+    async def get_model_repository_index(
+        self, as_json: bool, client_timeout: float
+    ) -> dict[str, list[dict[str, str]]]:
+        if isinstance(self.index, Exception):
+            raise self.index
+        return {"models": self.index}
+
+
+@pytest.mark.parametrize(
+    ("ready", "index", "answer"),
+    [
+        (True, [], True),
+        # loaded, not ready this moment (a python stub restarting): wait, do not give up
+        (False, [{"name": "m", "version": "7", "state": "READY"}], None),
+        (False, [{"name": "m", "version": "7", "state": "LOADING"}], None),
+        # unloaded, or never there (another version or model does not count)
+        (
+            False,
+            [{"name": "m", "version": "7", "state": "UNAVAILABLE", "reason": "unloaded"}],
+            False,
+        ),
+        (False, [{"name": "m", "version": "6", "state": "READY"}], False),
+        (False, [{"name": "n", "version": "7", "state": "READY"}], False),
+        # Triton cannot answer
+        (False, InferenceServerException("deadline exceeded"), None),
+    ],
+)
+def test_a_version_is_given_up_only_once_triton_says_it_is_not_loaded(
+    ready: bool, index: list[dict[str, str]] | Exception, answer: bool | None
+) -> None:
+    async def ask() -> bool | None:
+        client = TritonClassifier("127.0.0.1:1", "m", "7", timeout_s=1.0)
+        await client.close()
+        client._client = FakeServer(ready, index)  # type: ignore[assignment]
+        return await client.is_ready("m", "7")
+
+    assert asyncio.run(ask()) is answer
