@@ -16,8 +16,8 @@ Feast; tests/unit/test_batching.py drives it with fakes.
 - ``emit(result) -> records``: in order, outside the delivery guard (drift statistics
   and other per-camera state that must see frames in order).
 - ``deliver(records)``: in order, under ``guard``; with exactly-once delivery the
-  transaction commit takes the same guard, so that no commit falls between a batch's
-  records and its acks.
+  consumer's commit takes the same guard from choosing its offsets to the end of the
+  transaction commit, so that no commit falls between a batch's records and its acks.
 """
 
 from __future__ import annotations

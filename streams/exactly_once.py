@@ -10,7 +10,11 @@ make it hold (tests/integration/test_worker_exactly_once.py):
   partition number of its topic (``transactional_send``; ``partition_mismatch`` checks
   at start that every output topic has enough partitions);
 - a commit never runs between a batch's records and its acks (``guard_commits``: the
-  commit takes the worker's publish guard);
+  consumer's commit takes the worker's publish guard before it chooses the offsets to
+  commit, so the transaction it commits holds records only of frames whose offsets it
+  commits; a guard taken later, around the producer's commit alone, let a batch's
+  records into a transaction whose offsets were chosen before that batch's acks, and a
+  worker killed before the next commit published those frames twice);
 - every rebalance starts fresh transactional producers (``fresh_transactions``: Faust
   would keep producers that another worker fenced);
 - after a rebalance the consumer starts from *stable* committed offsets
@@ -52,12 +56,15 @@ REVOKED = Counter(
 # (object, attribute, must be a coroutine function)
 PRODUCER_INTERNALS = (
     ("_transaction_producers", False),
-    ("commit_transactions", True),
     ("maybe_begin_transaction", True),
     ("begin_transaction", True),
 )
 CONSUMER_INTERNALS = (("_committed_offset", False),)
-CONSUMER_CLASS_INTERNALS = (("seek_to_committed", True),)
+CONSUMER_CLASS_INTERNALS = (
+    ("seek_to_committed", True),
+    ("force_commit", True),  # chooses the offsets (_commit_tps) and commits them
+    ("_commit_tps", True),
+)
 STABLE_OFFSETS_TIMEOUT_S = 30.0
 
 
@@ -148,16 +155,19 @@ async def partition_mismatch(app: faust.App, settings: Settings) -> ConfigError 
 
 
 def guard_commits(app: faust.App, guard: asyncio.Lock) -> None:
-    """Commit transactions only between batches, never with a batch's records sent
-    but its offsets not yet acked (that would publish them twice after a crash)."""
-    producer = app.producer
-    commit = producer.commit_transactions
+    """Commit only between batches: the consumer's commit holds ``guard`` (which a batch
+    holds from its first record sent to its last ack) from choosing the offsets to the
+    end of the transaction commit. The consumer class is swapped before Faust makes the
+    consumer."""
+    transport: Any = app.transport
+    base: type[Any] = transport.Consumer
 
-    async def guarded(*args: Any, **kwargs: Any) -> Any:
-        async with guard:
-            return await commit(*args, **kwargs)
+    class GuardedCommitConsumer(base):  # type: ignore[misc]
+        async def force_commit(self, *args: Any, **kwargs: Any) -> Any:
+            async with guard:
+                return await super().force_commit(*args, **kwargs)
 
-    producer.commit_transactions = guarded  # type: ignore[method-assign]
+    transport.Consumer = GuardedCommitConsumer
 
 
 def fresh_transactions(app: faust.App) -> None:

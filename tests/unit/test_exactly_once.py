@@ -6,6 +6,7 @@ import asyncio
 
 import faust
 import pytest
+from faust.types import TP
 
 from camstream.errors import ServiceError
 from streams import exactly_once
@@ -37,23 +38,26 @@ def test_a_faust_without_one_of_them_fails_loudly_naming_it(
         exactly_once.check_internals(app)
 
 
-def test_commits_wait_for_the_publish_guard() -> None:
+def test_a_commit_chooses_its_offsets_only_after_the_batch_holding_the_guard_acked() -> None:
     async def scenario() -> list[str]:
         app = _app()
-        steps: list[str] = []
-
-        async def commit(*_args: object) -> bool:
-            steps.append("commit")
-            return True
-
-        app.producer.commit_transactions = commit  # type: ignore[method-assign]
         guard = asyncio.Lock()
         exactly_once.guard_commits(app, guard)
-        async with guard:
-            task = asyncio.create_task(app.producer.commit_transactions({}, "group", None))
+        consumer = app.consumer  # made from the swapped class
+        steps: list[str] = []
+
+        async def commit_tps(_tps: object, start_new_transaction: bool) -> bool:
+            # Faust's: choose the committable offsets from the acks, then commit them
+            steps.append("offsets chosen")
+            return True
+
+        consumer._commit_tps = commit_tps  # type: ignore[method-assign]
+        consumer._acked[TP("frames", 0)] = [41]  # a pending ack: force_commit goes on
+        async with guard:  # a batch: its records sent, its acks not yet made
+            task = asyncio.create_task(consumer.force_commit())
             await asyncio.sleep(0.05)
             steps.append("batch acked")
-        await task
+        assert await task
         return steps
 
-    assert asyncio.run(scenario()) == ["batch acked", "commit"]
+    assert asyncio.run(scenario()) == ["batch acked", "offsets chosen"]
