@@ -123,20 +123,26 @@ class FeatureCache:
         for cid, features in future.result().items():
             self._entries[cid] = (features, read_at)
 
-    def _expired(self, cid: str, now: float) -> bool:
+    def _older_than(self, cid: str, now: float, age_s: float) -> bool:
         entry = self._entries.get(cid)
-        return entry is None or now - entry[1] > self._ttl_s
+        return entry is None or now - entry[1] > age_s
+
+    def _expired(self, cid: str, now: float) -> bool:
+        return self._older_than(cid, now, self._ttl_s)
 
     async def get(self, camera_ids: Iterable[str]) -> dict[str, tuple[Features, Enrichment]]:
         wanted = set(camera_ids)
         now = time.monotonic()
-        expired = sorted(cid for cid in wanted if self._expired(cid, now))
-        if expired:
-            if self._reading is None or self._reading.done():
-                loop = asyncio.get_running_loop()
-                reading = loop.run_in_executor(self._executor, self._read, expired)
-                reading.add_done_callback(functools.partial(self._stored, read_at=now))
-                self._reading = reading
+        # Refresh ahead: an entry past half its TTL is read again in the background while
+        # it is still served as fresh, so a read held up behind a push (one Feast thread)
+        # or a busy machine has half the TTL plus the deadline before a record says stale.
+        aging = sorted(cid for cid in wanted if self._older_than(cid, now, self._ttl_s / 2))
+        if aging and (self._reading is None or self._reading.done()):
+            loop = asyncio.get_running_loop()
+            reading = loop.run_in_executor(self._executor, self._read, aging)
+            reading.add_done_callback(functools.partial(self._stored, read_at=now))
+            self._reading = reading
+        if any(self._expired(cid, now) for cid in aging) and self._reading is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._reading), self._timeout_s)
             except TimeoutError:

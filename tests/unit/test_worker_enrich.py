@@ -76,6 +76,31 @@ def test_hung_store_gives_stale_from_cache_and_missing_without_waiting(store: St
     asyncio.run(scenario())
 
 
+def test_an_aging_entry_is_refreshed_in_the_background_and_stays_ok(store: Store) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            cache = FeatureCache(store, ttl_s=0.4, timeout_s=0.05, executor=pool)  # type: ignore[arg-type]
+            assert (await cache.get(["cam"]))["cam"][1] is Enrichment.OK
+            await asyncio.sleep(0.25)  # past half the TTL, within it
+            store.release.clear()  # the refresh is slower than the deadline
+            started = asyncio.get_running_loop().time()
+            during = await cache.get(["cam"])
+            # Then the batch did not wait for the refresh, and the entry is still fresh
+            assert asyncio.get_running_loop().time() - started < 0.04
+            assert during["cam"][1] is Enrichment.OK
+            await asyncio.sleep(0.1)
+            store.release.set()  # the refresh lands after 0.1 s, past the 0.05 s deadline
+            await asyncio.sleep(0.1)
+            store.release.clear()  # and the store hangs again
+            # ...and it filled the cache: past the first read's TTL, still OK, no wait
+            started = asyncio.get_running_loop().time()
+            assert (await cache.get(["cam"]))["cam"][1] is Enrichment.OK
+            assert asyncio.get_running_loop().time() - started < 0.04
+            store.release.set()
+
+    asyncio.run(scenario())
+
+
 def test_late_read_still_fills_the_cache(store: Store) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
