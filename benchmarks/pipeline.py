@@ -519,6 +519,7 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
         "load_achieved_fps": round((len(loaded) - 1) / span_s, 1) if span_s > 0 else 0.0,
         "load_frames": len(loaded),
         "end_to_end_ms": _quantiles(e2e),
+        "stages_ms": stage_quantiles([p["latency"] for p in loaded]),
         "generator": generator,
         "variants": variants,
         "cpu_ms_per_frame": {
@@ -538,6 +539,26 @@ def run(settings: Settings, config: BenchConfig) -> dict[str, Any]:
             "pipeline_depth": settings.pipeline_depth,
         },
     }
+
+
+STAGES = ("queue", "decode", "enrich", "infer")
+
+
+def stage_quantiles(latencies: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Where the end-to-end time of the load run went, per stage the worker reports
+    (queue: Kafka timestamp to the worker taking the batch; decode and the Feast read
+    run side by side, then infer), and ``rest``: what is left of end to end, that is
+    the wait for earlier batches, publishing, and the capture-to-Kafka hop."""
+    out = {name: _quantiles([float(t[f"{name}_ms"]) for t in latencies]) for name in STAGES}
+    rest = [
+        float(t["end_to_end_ms"])
+        - float(t["queue_ms"])
+        - max(float(t["decode_ms"]), float(t["enrich_ms"]))
+        - float(t["infer_ms"])
+        for t in latencies
+    ]
+    out["rest"] = _quantiles(rest)
+    return out
 
 
 def _median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -569,6 +590,15 @@ def table(figures: dict[str, Any]) -> str:
             "",
         ),
     ]
+    stages = figures.get("stages_ms") or {}
+    if stages:
+        rows.append(
+            (
+                "  of which (p50 / p99 ms)",
+                ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in stages.items()),
+                "",
+            )
+        )
     variants = figures.get("variants") or {}
     for name in ("fp32_x2", "int8_x1"):
         if name in variants:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from benchmarks.cpu import CpuMeter, group_cpu_s
-from benchmarks.pipeline import strongest_baseline
+from benchmarks.pipeline import stage_quantiles, strongest_baseline
 
 
 def _round(**fps: float) -> dict[str, object]:
@@ -40,6 +40,25 @@ def _spin(seconds: float) -> None:
     end = time.process_time() + seconds
     while time.process_time() < end:
         pass
+
+
+def test_stage_quantiles_leave_the_rest_of_end_to_end_after_the_measured_stages() -> None:
+    # decode and the Feast read run side by side: only the longer of the two counts
+    latencies = [
+        {
+            "queue_ms": 10.0 * i,
+            "decode_ms": 4.0,
+            "enrich_ms": 6.0,
+            "infer_ms": 20.0,
+            "end_to_end_ms": 10.0 * i + 6.0 + 20.0 + 3.0,
+        }
+        for i in range(1, 101)
+    ]
+    stages = stage_quantiles(latencies)
+    assert list(stages) == ["queue", "decode", "enrich", "infer", "rest"]
+    assert stages["rest"] == {"p50": 3.0, "p95": 3.0, "p99": 3.0}
+    assert stages["queue"]["p50"] == 505.0 and stages["queue"]["p99"] == 990.1
+    assert stages["infer"] == {"p50": 20.0, "p95": 20.0, "p99": 20.0}
 
 
 def test_cpu_meter_reports_this_process_cpu_per_frame() -> None:
