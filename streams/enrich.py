@@ -123,12 +123,9 @@ class FeatureCache:
         for cid, features in future.result().items():
             self._entries[cid] = (features, read_at)
 
-    def _older_than(self, cid: str, now: float, age_s: float) -> bool:
+    def _age_s(self, cid: str, now: float) -> float:
         entry = self._entries.get(cid)
-        return entry is None or now - entry[1] > age_s
-
-    def _expired(self, cid: str, now: float) -> bool:
-        return self._older_than(cid, now, self._ttl_s)
+        return math.inf if entry is None else now - entry[1]
 
     async def get(self, camera_ids: Iterable[str]) -> dict[str, tuple[Features, Enrichment]]:
         wanted = set(camera_ids)
@@ -136,26 +133,28 @@ class FeatureCache:
         # Refresh ahead: an entry past half its TTL is read again in the background while
         # it is still served as fresh, so a read held up behind a push (one Feast thread)
         # or a busy machine has half the TTL plus the deadline before a record says stale.
-        aging = sorted(cid for cid in wanted if self._older_than(cid, now, self._ttl_s / 2))
-        if aging and (self._reading is None or self._reading.done()):
-            loop = asyncio.get_running_loop()
-            reading = loop.run_in_executor(self._executor, self._read, aging)
-            reading.add_done_callback(functools.partial(self._stored, read_at=now))
-            self._reading = reading
-        if any(self._expired(cid, now) for cid in aging) and self._reading is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._reading), self._timeout_s)
-            except TimeoutError:
-                FEATURE_READS.labels("timeout").inc()
-            except Exception:
-                pass  # counted and logged by the done-callback
+        ages = {cid: self._age_s(cid, now) for cid in wanted}
+        aging = sorted(cid for cid, age in ages.items() if age > self._ttl_s / 2)
+        if aging:
+            if self._reading is None or self._reading.done():
+                loop = asyncio.get_running_loop()
+                reading = loop.run_in_executor(self._executor, self._read, aging)
+                reading.add_done_callback(functools.partial(self._stored, read_at=now))
+                self._reading = reading
+            if any(ages[cid] > self._ttl_s for cid in aging):  # only an expired one waits
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._reading), self._timeout_s)
+                except TimeoutError:
+                    FEATURE_READS.labels("timeout").inc()
+                except Exception:
+                    pass  # counted and logged by the done-callback
         now = time.monotonic()
         out: dict[str, tuple[Features, Enrichment]] = {}
         for cid in wanted:
             entry = self._entries.get(cid)
             if entry is None:
                 out[cid] = ({}, Enrichment.MISSING)
-            elif self._expired(cid, now):
+            elif now - entry[1] > self._ttl_s:
                 out[cid] = (entry[0], Enrichment.STALE)
             elif all(value is None for value in entry[0].values()):
                 out[cid] = (entry[0], Enrichment.MISSING)  # camera not registered
